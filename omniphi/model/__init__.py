@@ -1,0 +1,3 @@
+from omniphi.model.modeling import OmniForConditionalGeneration, PlaceholderMismatchError
+
+__all__ = ["OmniForConditionalGeneration", "PlaceholderMismatchError"]

