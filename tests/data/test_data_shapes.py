@@ -1,0 +1,198 @@
+import hashlib
+import json
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from omniphi import media
+from omniphi.data.cli import main
+from omniphi.data.shapes import (
+    COLOURS, POSITIONS, SHAPES, answer_for, answer_matches, caption, generate_shapes, load_shapes, normalize_answer,
+)
+from omniphi.data.tts import Speaker
+
+N, SEED, SIZE = 40, 7, 96
+
+
+def digest(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def load(root: Path, name: str):
+    return json.loads((root / name).read_text())
+
+
+@pytest.fixture(scope="module")
+def shapes_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shapes")
+    generate_shapes(root, n=N, seed=SEED, image_size=SIZE)
+    return root
+
+
+def test_same_seed_same_bytes_other_seed_differs(shapes_dir, tmp_path):
+    generate_shapes(tmp_path / "again", n=N, seed=SEED, image_size=SIZE)
+    assert digest(tmp_path / "again") == digest(shapes_dir)
+    generate_shapes(tmp_path / "other", n=N, seed=SEED + 1, image_size=SIZE)
+    other = digest(tmp_path / "other")
+    assert other["images/000000.png"] != digest(shapes_dir)["images/000000.png"]
+
+
+def test_split_sizes_and_metadata(shapes_dir):
+    meta = load(shapes_dir, "metadata.json")
+    assert meta["seed"] == SEED and meta["n"] == N
+    assert {s: v["images"] for s, v in meta["splits"].items()} == {"train": 32, "val": 4, "test": 4}
+    for split, v in meta["splits"].items():
+        records = load(shapes_dir, f"{split}.json")
+        assert len(records) == v["questions"] == 3 * v["images"]
+        assert len({r["id"] for r in records}) == len(records)
+    assert len(load(shapes_dir, "captions.json")) == 32
+    assert len(load(shapes_dir, "captions_test.json")) == 4
+    images = {r["image"] for s in ("train", "val", "test") for r in load(shapes_dir, f"{s}.json")}
+    assert len(images) == N  # splits share no image
+    assert len(list((shapes_dir / "images").glob("*.png"))) == N
+    held = {(p["colour"], p["shape"]) for p in meta["heldout_pairs"]}
+    assert {s for _, s in held} == set(SHAPES)  # one held-out colour per shape
+    assert len({c for c, _ in held}) == len(SHAPES)
+
+
+def test_heldout_pairs_only_in_test(shapes_dir):
+    held = {(p["colour"], p["shape"]) for p in load(shapes_dir, "metadata.json")["heldout_pairs"]}
+    for split in ("train", "val"):
+        for r in load(shapes_dir, f"{split}.json"):
+            assert not {(o["colour"], o["shape"]) for o in r["scene"]} & held
+            assert not r["heldout"]
+            assert not any(f"{c} {s}" in r["question"] for c, s in held)  # not even in "no" questions
+        for r in load(shapes_dir, "captions.json" if split == "train" else "captions_val.json"):
+            assert not any(f"{c} {s}" in r["conversations"][1]["value"] for c, s in held)
+    test = load(shapes_dir, "test.json")
+    scenes_with_held = {r["image"] for r in test if {(o["colour"], o["shape"]) for o in r["scene"]} & held}
+    assert len(scenes_with_held) >= 2  # every other test image is forced to hold one
+    assert any(r["heldout"] for r in test)
+
+
+def test_answers_follow_from_the_scene(shapes_dir):
+    types, yesno = Counter(), Counter()
+    for split in ("train", "val", "test"):
+        split_yesno = Counter()
+        for r in load(shapes_dir, f"{split}.json"):
+            scene = r["scene"]
+            assert 1 <= len(scene) <= 3
+            for key in ("colour", "shape", "position"):
+                assert len({o[key] for o in scene}) == len(scene)  # unambiguous questions
+            assert answer_for(r["question_type"], r["question"], scene) == r["answer"]
+            human, gpt = r["conversations"]
+            assert human == {"from": "human", "value": "<image>\n" + r["question"]}
+            assert gpt["value"] == r["answer"].capitalize() + "."
+            types[r["question_type"]] += 1
+            if r["question_type"] == "yesno":
+                split_yesno[r["answer"]] += 1
+        assert abs(split_yesno["yes"] - split_yesno["no"]) <= 1  # balanced within each split
+        yesno.update(split_yesno)
+    assert set(types) == {"colour", "shape", "count", "position", "yesno"}
+    assert yesno["yes"] > 0 and yesno["no"] > 0
+
+
+def test_images_show_the_scene(shapes_dir):
+    """The pixel at each object's region centre has exactly the object's colour; the
+    background elsewhere is pale."""
+    by_image = {r["image"]: r["scene"] for s in ("train", "val", "test") for r in load(shapes_dir, f"{s}.json")}
+    for rel, scene in by_image.items():
+        im = Image.open(shapes_dir / rel)
+        assert im.size == (SIZE, SIZE) and im.mode == "RGB"
+        for o in scene:
+            x, y = POSITIONS[o["position"]]
+            assert im.getpixel((round(x * (SIZE - 1)), round(y * (SIZE - 1)))) == COLOURS[o["colour"]], (rel, o)
+        assert min(im.getpixel((0, 0))) > 170
+
+
+def test_captions_match_scenes(shapes_dir):
+    caps = {r["id"]: r for r in load(shapes_dir, "captions.json")}
+    for r in load(shapes_dir, "train.json"):
+        c = caps[r["id"].split("-")[0]]
+        assert c["image"] == r["image"]
+        assert "<image>" in c["conversations"][0]["value"]
+        for o in r["scene"]:
+            assert f"{o['colour']} {o['shape']}" in c["conversations"][1]["value"]
+
+
+def test_caption_text():
+    from omniphi.data.shapes import Shape
+
+    a = Shape("circle", "red", "left", 0.1, 0, 0, 0)
+    b = Shape("square", "blue", "right", 0.1, 0, 0, 0)
+    c = Shape("star", "green", "top", 0.1, 0, 0, 0)
+    assert caption([b, a]) == "A red circle on the left and a blue square on the right."
+    assert caption([a, b, c]) == "A green star at the top, a red circle on the left and a blue square on the right."
+
+
+def test_normalised_exact_match():
+    assert normalize_answer("On the left.") == "left"
+    assert answer_matches("2", "two") and answer_matches("A circle", "circle") and answer_matches("Center.", "centre")
+    assert not answer_matches("red", "blue")
+
+
+def test_loader_reads_questions_and_captions(shapes_dir):
+    qa = load_shapes(shapes_dir, "val")
+    s = qa[0]
+    assert [p["type"] for p in s["messages"][0]["content"]] == ["image", "text"]
+    assert s["messages"][0]["content"][0]["image"].size == (SIZE, SIZE)
+    assert s["meta"]["answer"] and s["messages"][1]["content"][0]["text"].rstrip(".").lower() == s["meta"]["answer"]
+    caps = load_shapes(shapes_dir, "train", captions=True)
+    assert [p["type"] for p in caps[0]["messages"][0]["content"]] == ["image"]
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed")
+def test_spoken_questions(tmp_path):
+    speaker = Speaker(cache_dir=tmp_path / "tts", seed=3)
+    root = tmp_path / "spoken_shapes"
+    generate_shapes(root, n=10, seed=3, image_size=64, questions_per_image=2, speaker=speaker, jobs=2)
+    voices = set()
+    for split in ("train", "val", "test"):
+        text_records = load(root, f"{split}.json")
+        spoken = load(root, f"{split}_spoken.json")
+        assert len(spoken) == len(text_records)
+        for t, s in zip(text_records, spoken):
+            assert s["id"] == t["id"] and s["answer"] == t["answer"] and s["spoken_text"] == t["question"]
+            assert s["conversations"][0]["value"] == "<image>\n<audio>"
+            assert s["conversations"][1] == t["conversations"][1]
+            audio = media.load_audio(root / s["audio"])
+            assert 0.4 < len(audio) / 16000 < 5.0 and np.abs(audio).max() > 0.05
+            voices.add(s["voice"])
+    assert len(voices) > 1
+    ds = load_shapes(root, "train", spoken=True)
+    assert [p["type"] for p in ds[0]["messages"][0]["content"]] == ["image", "audio"]
+    # Same seed again (TTS cache warm): identical spoken JSON and WAV bytes.
+    again = tmp_path / "again"
+    generate_shapes(again, n=10, seed=3, image_size=64, questions_per_image=2, speaker=speaker)
+    assert digest(again) == digest(root)
+
+
+def test_cli_shapes_and_errors(tmp_path, capsys):
+    out = tmp_path / "cli"
+    assert main(["data", "shapes", "--out", str(out), "--n", "5", "--image-size", "48", "--no-speak"]) == 0
+    assert "train 3 images" in capsys.readouterr().out
+    # Re-running over a previous shapes directory replaces it (a smaller n leaves no stale files).
+    assert main(["data", "shapes", "--out", str(out), "--n", "3", "--image-size", "48", "--no-speak"]) == 0
+    assert len(list((out / "images").iterdir())) == 3
+    capsys.readouterr()
+
+    with pytest.raises(SystemExit) as exc:
+        main(["data", "shapes", "--out", str(out), "--n", "zero"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--n" in err
+
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    assert main(["data", "shapes", "--out", str(foreign), "--n", "2", "--no-speak"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not empty" in err
+    assert main(["data", "shapes", "--out", str(tmp_path / "x"), "--n", "2", "--tts-command", "nope-tts {out} {text}",
+                 "--tts-cache", str(tmp_path / "tts")]) == 2
+    assert "TTS program not found" in capsys.readouterr().err
