@@ -15,6 +15,13 @@ from pathlib import Path
 EXIT_USAGE = 2
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse prints the whole usage before an error; one line is easier to read (and to grep)."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
 class CliError(Exception):
     """A user-facing error: printed as one line, exit status 2."""
 
@@ -177,8 +184,8 @@ def _add_generation_arguments(parser):
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """`command` is the subcommand about to run: only its plugged module is imported."""
-    parser = argparse.ArgumentParser(prog="omniphi", description="Multimodal assistant: text, images and audio in, text out.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = OneLineParser(prog="omniphi", description="Multimodal assistant: text, images and audio in, text out.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
 
     ask = sub.add_parser("ask", help="ask one question (streams the answer)")
     ask.add_argument("text", nargs="?", default="", help="the question")
@@ -243,7 +250,10 @@ def _plug(sub, name, module_name, adder, runner, load: bool):
 
 
 def main(argv: list[str] | None = None) -> int:
+    import logging
+
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(argv[0] if argv else None).parse_args(argv)
     try:

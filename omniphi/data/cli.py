@@ -4,8 +4,8 @@
     omniphi data generate --endpoint URL --model NAME --prompts prompts.txt --out corpus.jsonl ...
     omniphi data spoken   INPUT.json --out OUTPUT.json [--audio-dir DIR] ...
 
-The top-level CLI wires this in with ``add_data_arguments(subparsers)`` and dispatches to
-``run_data(args)``; ``python -m omniphi.data.cli data shapes ...`` works stand-alone.
+`omniphi/cli.py` creates the ``data`` parser, fills it with ``add_data_arguments(parser)`` and
+dispatches to ``run_data(args)``.
 Usage errors and unusable inputs print one line on stderr and exit 2; a failing TTS program
 or endpoint exits 1.
 """
@@ -23,13 +23,6 @@ from pathlib import Path
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
-
-
-class _OneLineParser(argparse.ArgumentParser):
-    """argparse prints the whole usage before an error; one line is easier to read in logs."""
-
-    def error(self, message: str):
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
 class UsageError(ValueError):
@@ -77,10 +70,11 @@ def _add_tts_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--jobs", type=_positive, default=min(4, os.cpu_count() or 1), help="parallel TTS processes")
 
 
-def add_data_arguments(subparsers) -> argparse.ArgumentParser:
-    data = subparsers.add_parser("data", help="prepare datasets (synthetic shapes, generated text, spoken questions)",
-                                 description="Prepare datasets.")
-    sub = data.add_subparsers(dest="data_command", metavar="{shapes,generate,spoken}", parser_class=_OneLineParser)
+def add_data_arguments(data: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    from omniphi.cli import OneLineParser
+
+    data.description = "Prepare datasets (synthetic shapes, generated text, spoken questions)."
+    sub = data.add_subparsers(dest="data_command", metavar="{shapes,generate,spoken}", parser_class=OneLineParser)
     sub.required = True
 
     p = sub.add_parser("shapes", help="write the synthetic coloured-shapes dataset",
@@ -219,18 +213,3 @@ def run_data(args) -> int:
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = _OneLineParser(prog="omniphi")
-    sub = parser.add_subparsers(dest="command", parser_class=_OneLineParser)
-    sub.required = True
-    add_data_arguments(sub)
-    args = parser.parse_args(argv)
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    return run_data(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -5,7 +5,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 
-from omniphi.data.cli import main
+from omniphi.cli import main
 from omniphi.data.generate import ChatClient, GenerateError, chat_url, generate_corpus, read_prompts
 
 

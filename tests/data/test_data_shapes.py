@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from omniphi import media
-from omniphi.data.cli import main
+from omniphi.cli import main
 from omniphi.data.shapes import (
     COLOURS, POSITIONS, SHAPES, answer_for, answer_matches, caption, generate_shapes, load_shapes, normalize_answer,
 )

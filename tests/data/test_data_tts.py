@@ -139,7 +139,7 @@ def test_spoken_records_round_trip(fake, fixtures, tmp_path):
 
 
 def test_cli_spoken(fake, fixtures, tmp_path, capsys):
-    from omniphi.data.cli import main
+    from omniphi.cli import main
 
     speaker, calls = fake
     out = tmp_path / "conv" / "instruct_spoken.json"
