@@ -50,8 +50,11 @@ def _load_media(kind: str, path: str):
 
 
 def _load_assistant(spec: str):
+    from transformers.utils import logging as hf_logging
+
     from omniphi.assistant import Assistant
 
+    hf_logging.disable_progress_bar()
     started = time.perf_counter()
     assistant = Assistant.load(spec)
     if os.environ.get("OMNIPHI_TIMING"):
@@ -144,8 +147,11 @@ def cmd_chat(args) -> int:
 
 
 def cmd_transcribe(args) -> int:
+    from transformers.utils import logging as hf_logging
+
     from omniphi.presets import load_transcriber
 
+    hf_logging.disable_progress_bar()
     audio = _load_media("audio", args.file)
     print(load_transcriber(args.model).transcribe(audio))
     return 0
@@ -253,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     import logging
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # a CLI user wants answers, not library chatter
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(argv[0] if argv else None).parse_args(argv)

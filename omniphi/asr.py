@@ -1,0 +1,125 @@
+"""Speech → text with a transformers Whisper model (greedy decoding, 30 s windows)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+SAMPLING_RATE = 16_000
+WINDOW_SECONDS = 30.0
+# Where a window must end early, it ends at the quietest 20 ms within its last few seconds, so a
+# cut falls between words rather than through one (which Whisper would garble on both sides).
+CUT_SEARCH_SECONDS = 5.0
+_FRAME_SECONDS = 0.02
+_SMOOTH_FRAMES = 7  # ±140 ms
+# Peak amplitude below which a window is treated as silence and not decoded at all: Whisper
+# tends to hallucinate ("you", "Thank you.") on silent input. -60 dBFS.
+SILENCE_PEAK = 1e-3
+
+
+def split_windows(
+    audio: np.ndarray,
+    sampling_rate: int = SAMPLING_RATE,
+    window_seconds: float = WINDOW_SECONDS,
+    search_seconds: float = CUT_SEARCH_SECONDS,
+) -> list[tuple[int, int]]:
+    """Cut ``audio`` into contiguous ``(start, end)`` sample ranges of at most ``window_seconds``.
+
+    Every window but the last ends at the lowest-energy 20 ms frame of its final
+    ``search_seconds`` (at the window limit when the audio is equally loud throughout).
+    """
+    n = int(audio.shape[0])
+    size = int(round(window_seconds * sampling_rate))
+    search = min(int(round(search_seconds * sampling_rate)), size // 2)
+    frame = max(1, int(round(_FRAME_SECONDS * sampling_rate)))
+    windows = []
+    start = 0
+    while n - start > size:
+        lo = start + size - search
+        seg = audio[lo : start + size].astype(np.float64)
+        frames = len(seg) // frame
+        energy = (seg[: frames * frame].reshape(frames, frame) ** 2).sum(axis=1)
+        # Energy summed over ±_SMOOTH_FRAMES neighbours: a pause between sentences beats the
+        # short gaps between words (which synthetic speech makes exactly silent too).
+        k = 2 * _SMOOTH_FRAMES + 1
+        smooth = np.convolve(np.pad(energy, _SMOOTH_FRAMES, mode="edge"), np.ones(k), mode="valid")
+        # Cut in the middle of the last run of quietest frames: in a pause between sentences
+        # both sides keep some silence, and Whisper hears speech that starts right at a window's
+        # edge noticeably worse. (With background noise the run is usually a single frame.)
+        last = frames - 1 - int(np.argmin(smooth[::-1]))
+        first = last
+        while first > 0 and smooth[first - 1] <= smooth[last]:
+            first -= 1
+        end = lo + ((first + last + 1) * frame) // 2
+        windows.append((start, end))
+        start = end
+    if n > start:
+        windows.append((start, n))
+    return windows
+
+
+class Transcriber:
+    """Greedy Whisper transcription of 16 kHz mono float32 audio of any length.
+
+    Audio over 30 s is split into windows (see ``split_windows``) that are transcribed one after
+    the other and joined with spaces; silent windows are skipped.
+    """
+
+    def __init__(self, model, processor, silence_peak: float = SILENCE_PEAK):
+        self.model = model.eval()
+        self.processor = processor
+        self.silence_peak = silence_peak
+        self.sampling_rate = int(processor.feature_extractor.sampling_rate)
+
+    @classmethod
+    def starter(cls, dtype: torch.dtype = torch.float32) -> "Transcriber":
+        """The offline tiny.en Whisper (``omniphi.weights.ct2_whisper``)."""
+        from .weights.ct2_whisper import load_starter_whisper
+
+        return cls(*load_starter_whisper(dtype=dtype))
+
+    def save_pretrained(self, directory) -> None:
+        """Whisper + its processor, loadable with `from_pretrained` (a model directory's transcriber/)."""
+        self.model.save_pretrained(directory)
+        self.processor.save_pretrained(directory)
+
+    def windows(self, audio: np.ndarray) -> list[tuple[int, int]]:
+        return split_windows(audio, self.sampling_rate)
+
+    def _check(self, audio, sampling_rate: int) -> np.ndarray:
+        if sampling_rate != self.sampling_rate:
+            raise ValueError(
+                f"audio must be sampled at {self.sampling_rate} Hz (got {sampling_rate}); "
+                "decode it with omniphi.media.load_audio, which resamples"
+            )
+        audio = np.asarray(audio, dtype=np.float32)
+        if audio.ndim != 1:
+            raise ValueError(f"audio must be mono, a 1-D array of samples (got shape {audio.shape})")
+        if not np.isfinite(audio).all():
+            raise ValueError("audio contains NaN or infinite samples")
+        return audio
+
+    @torch.inference_mode()
+    def _transcribe_window(self, chunk: np.ndarray) -> str:
+        feats = self.processor.feature_extractor(
+            chunk, sampling_rate=self.sampling_rate, return_tensors="pt"
+        ).input_features
+        feats = feats.to(device=self.model.device, dtype=self.model.dtype)
+        # The model's generation_config supplies the prompt (<|startoftranscript|>, and
+        # <|notimestamps|>), suppressed tokens and the 448-token limit; greedy is explicit so a
+        # config that samples cannot change transcripts.
+        ids = self.model.generate(input_features=feats, do_sample=False, num_beams=1)
+        return self.processor.tokenizer.decode(ids[0], skip_special_tokens=True).strip()
+
+    def transcribe(self, audio: np.ndarray, sampling_rate: int = SAMPLING_RATE) -> str:
+        """Text of ``audio`` (float32, mono, 16 kHz); "" for empty or silent input."""
+        audio = self._check(audio, sampling_rate)
+        parts = []
+        for start, end in self.windows(audio):
+            chunk = audio[start:end]
+            if chunk.size == 0 or float(np.abs(chunk).max()) < self.silence_peak:
+                continue
+            text = self._transcribe_window(chunk)
+            if text:
+                parts.append(text)
+        return " ".join(parts)

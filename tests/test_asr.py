@@ -1,0 +1,150 @@
+"""omniphi.asr: window splitting (fast) and transcription with the starter Whisper (slow)."""
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # before transformers is imported: nothing may download
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from omniphi.asr import SAMPLING_RATE, Transcriber, split_windows
+
+SR = SAMPLING_RATE
+SPEECH = Path(__file__).parent / "fixtures" / "speech"
+CAPITAL = "What is the capital of France?"
+FOX = "The quick brown fox jumps over the lazy dog."
+
+
+def norm(text: str) -> str:
+    """Lowercase, punctuation removed, whitespace collapsed."""
+    return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
+
+
+def _noise(seconds: float, seed: int = 0, amp: float = 0.3) -> np.ndarray:
+    return (np.random.default_rng(seed).uniform(-amp, amp, int(seconds * SR))).astype(np.float32)
+
+
+def _assert_tiles(windows, n):
+    assert windows[0][0] == 0 and windows[-1][1] == n
+    for (s0, e0), (s1, _) in zip(windows, windows[1:]):
+        assert e0 == s1  # contiguous: no sample dropped or repeated
+    assert all(0 < e - s <= 30 * SR for s, e in windows)
+
+
+# --------------------------------------------------------------------------- windows (fast)
+
+
+def test_split_windows_short_and_empty():
+    assert split_windows(np.zeros(0, np.float32)) == []
+    assert split_windows(_noise(10)) == [(0, 10 * SR)]
+    assert split_windows(_noise(30)) == [(0, 30 * SR)]  # exactly 30 s is still one window
+
+
+def test_split_windows_long_loud_audio_tiles_into_30s_windows():
+    audio = _noise(65)
+    w = split_windows(audio)
+    _assert_tiles(w, len(audio))
+    assert len(w) == 3
+    # With no pause to find, a cut still lands within the last 5 s of each window.
+    assert all(e - s >= 25 * SR for s, e in w[:-1])
+
+
+def test_split_windows_cuts_in_the_pause_not_in_a_word_gap():
+    audio = _noise(65)
+    audio[int(26.0 * SR) : int(26.6 * SR)] = 0  # a pause between sentences
+    audio[int(29.0 * SR) : int(29.06 * SR)] = 0  # a 60 ms gap between two words, later on
+    w = split_windows(audio)
+    _assert_tiles(w, len(audio))
+    cut = w[0][1] / SR
+    assert 26.1 < cut < 26.5, cut  # inside the pause, away from its edges
+
+
+# --------------------------------------------------------------------------- transcription (slow)
+
+
+@pytest.fixture(scope="module")
+def transcriber():
+    return Transcriber.starter()
+
+
+@pytest.fixture(scope="module")
+def load_audio():
+    from omniphi.media import load_audio
+
+    return load_audio
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ext", ["wav", "mp3", "flac", "ogg", "webm", "opus", "m4a"])
+def test_transcribes_capital_in_every_format(transcriber, load_audio, ext):
+    audio = load_audio(SPEECH / f"capital.{ext}")
+    assert norm(transcriber.transcribe(audio)) == norm(CAPITAL)
+
+
+@pytest.mark.slow
+def test_transcribes_browser_recording_bytes(transcriber, load_audio):
+    # What the web page uploads: WebM/Opus bytes, not a path.
+    audio = load_audio((SPEECH / "capital.webm").read_bytes())
+    assert transcriber.transcribe(audio) == CAPITAL
+
+
+@pytest.mark.slow
+def test_transcribes_fox_nearly(transcriber, load_audio):
+    jiwer = pytest.importorskip("jiwer")
+    text = norm(transcriber.transcribe(load_audio(SPEECH / "fox.wav")))
+    # tiny.en hears espeak-ng's "jumps ... dog" as "jump ... nog" (ctranslate2 decodes the same
+    # ids: see test_weights_starter), so 2 of 9 words differ; anything worse is a regression.
+    assert text.startswith("the quick brown fox")
+    assert jiwer.wer(norm(FOX), text) <= 2 / 9, text
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="tiny.en mishears espeak-ng: 'jump over the lazy nog'")
+def test_transcribes_fox_exactly(transcriber, load_audio):
+    assert norm(transcriber.transcribe(load_audio(SPEECH / "fox.wav"))) == norm(FOX)
+
+
+@pytest.mark.slow
+def test_empty_silent_and_tiny_inputs(transcriber):
+    assert transcriber.transcribe(np.zeros(0, np.float32)) == ""
+    assert transcriber.transcribe(np.zeros(3 * SR, np.float32)) == ""
+    assert transcriber.transcribe(_noise(3, amp=1e-4)) == ""  # below -60 dBFS: not decoded
+    assert transcriber.transcribe(np.zeros(65 * SR, np.float32)) == ""  # silent, several windows
+    assert isinstance(transcriber.transcribe(_noise(0.01)), str)  # 160 samples: no crash
+    assert isinstance(transcriber.transcribe([0.0] * 400), str)  # lists are accepted
+
+
+@pytest.mark.slow
+def test_rejects_invalid_audio(transcriber):
+    with pytest.raises(ValueError, match="mono"):
+        transcriber.transcribe(np.zeros((2, SR), np.float32))
+    with pytest.raises(ValueError, match="16000"):
+        transcriber.transcribe(np.zeros(SR, np.float32), sampling_rate=44100)
+    bad = np.zeros(SR, np.float32)
+    bad[10] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        transcriber.transcribe(bad)
+
+
+@pytest.mark.slow
+def test_long_audio_is_transcribed_in_three_windows(transcriber, load_audio):
+    cap, fox = load_audio(SPEECH / "capital.wav"), load_audio(SPEECH / "fox.wav")
+    audio = np.zeros(65 * SR, np.float32)
+    placed = [(1.0, cap), (28.5, fox), (59.0, cap)]
+    for t, clip in placed:
+        audio[int(t * SR) : int(t * SR) + len(clip)] = clip
+    # Precondition: a plain 30 s cut would split the fox sentence in two.
+    assert 28.5 < 30.0 < 28.5 + len(fox) / SR
+
+    windows = transcriber.windows(audio)
+    assert len(windows) == 3
+    _assert_tiles(windows, len(audio))
+    for _, end in windows[:-1]:
+        assert not audio[end - SR // 10 : end + SR // 10].any(), end / SR  # cut inside silence
+
+    text = norm(transcriber.transcribe(audio))
+    # tiny.en's reading of fox.wav is "... jump over the lazy nog" (see the xfail above).
+    assert re.fullmatch(r"what is the capital of france the quick brown fox( \w+){5} what is the capital of france", text), text
