@@ -83,6 +83,10 @@ def assemble(
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
         audio_token_id=tokenizer.convert_tokens_to_ids("<audio>"),
         chat_template_name=chat_template_name,
+        # CLIP's CLS token is dropped (LLaVA's "default"); SigLIP has none, so all patches stay.
+        vision_feature_select_strategy=(
+            "default" if vision_tower is None or vision_tower.config.model_type.startswith("clip") else "full"
+        ),
         image_mean=image_mean,
         image_std=image_std,
     )
