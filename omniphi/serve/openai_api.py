@@ -1,0 +1,412 @@
+"""The OpenAI-compatible API: `/v1/chat/completions`, `/v1/models`, `/v1/audio/transcriptions`, `/health`.
+
+Stateless; what it accepts and answers is in docs/serve-api.md. Requests are validated by pydantic
+models (unknown fields ignored, wrong types → 400 with `param`); media goes through
+`omniphi.media` with the server's limits, off the event loop; the model runs in the engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import time
+import uuid
+from typing import TYPE_CHECKING, Any, Literal, Optional, Union
+
+import anyio
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.datastructures import UploadFile
+
+from omniphi.chat import Done, GenerationSettings, Token, Transcript
+from omniphi.media import MediaError, MediaTooLargeError, decode_data_uri, load_audio, load_image
+from omniphi.serve.engine import ChatRequest, Job, TranscriptionRequest
+from omniphi.serve.errors import (
+    ApiError,
+    bad_request,
+    from_validation_errors,
+    not_found,
+    parse_json_body,
+    status_and_body,
+)
+
+if TYPE_CHECKING:
+    from omniphi.serve.app import ServeState
+
+router = APIRouter()
+
+
+def state(request: Request) -> "ServeState":
+    return request.app.state.omniphi
+
+
+# --------------------------------------------------------------------------- request models
+
+
+class _Strict(BaseModel):
+    # strict: "0.5" is not a number and 1 is not a boolean (OpenAI refuses those too);
+    # extra="ignore": OpenAI clients send fields we do not use (user, logprobs, ...).
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+
+class StreamOptions(_Strict):
+    include_usage: Optional[bool] = None
+
+
+class ChatMessage(_Strict):
+    role: Literal["system", "developer", "user", "assistant"]
+    # Parts are checked by hand (see _parse_parts) for precise `param`s and messages.
+    content: Union[str, list[dict[str, Any]], None] = None
+    name: Optional[str] = None
+
+
+class ChatCompletionRequest(_Strict):
+    model: Optional[str] = None
+    messages: list[ChatMessage] = Field(min_length=1)
+    stream: Optional[bool] = False
+    stream_options: Optional[StreamOptions] = None
+    temperature: Optional[float] = Field(default=None, ge=0.0, le=2.0)
+    top_p: Optional[float] = Field(default=None, gt=0.0, le=1.0)
+    max_tokens: Optional[int] = Field(default=None, ge=1)
+    max_completion_tokens: Optional[int] = Field(default=None, ge=1)
+    stop: Union[str, list[str], None] = None
+    seed: Optional[int] = None
+    n: Optional[int] = None
+    audio_mode: Optional[Literal["native", "transcribe"]] = None
+
+
+class _ImageURL(_Strict):
+    url: str
+    detail: Optional[str] = None
+
+
+class _InputAudio(_Strict):
+    data: str
+    format: Optional[str] = None
+
+
+_PART_TYPES = "'text', 'image_url' and 'input_audio'"
+
+
+# --------------------------------------------------------------------------- media
+
+
+def _fetch_remote(url: str, max_bytes: int, param: str) -> bytes:
+    """GET an http(s) URL, bounded in bytes and time (only with --allow-remote-media)."""
+    import httpx
+
+    try:
+        with httpx.Client(follow_redirects=True, max_redirects=3, timeout=10.0) as client:
+            with client.stream("GET", url) as response:
+                if response.status_code != 200:
+                    raise bad_request(f"Could not fetch the image: the URL answered HTTP {response.status_code}.",
+                                      param, "invalid_image_url")
+                declared = response.headers.get("content-length")
+                if declared and declared.isdigit() and int(declared) > max_bytes:
+                    raise MediaTooLargeError(f"image is {declared} bytes, over the limit of {max_bytes} bytes")
+                data = bytearray()
+                for chunk in response.iter_bytes():
+                    data += chunk
+                    if len(data) > max_bytes:
+                        raise MediaTooLargeError(f"image is larger than the limit of {max_bytes} bytes")
+                return bytes(data)
+    except httpx.HTTPError as error:
+        raise bad_request(f"Could not fetch the image: {error}", param, "invalid_image_url") from None
+
+
+def _with_param(error: MediaError, param: str) -> ApiError:
+    return ApiError(error.status, str(error), param=param, code=error.code)
+
+
+def _decode_image(url: str, param: str, st: "ServeState"):
+    limits = st.config.media_limits
+    scheme = url.split(":", 1)[0].lower() if ":" in url else ""
+    try:
+        if scheme == "data":
+            _mime, data = decode_data_uri(url, limits.max_image_bytes)
+        elif scheme in ("http", "https"):
+            if not st.config.allow_remote_media:
+                raise bad_request("Remote image URLs are disabled on this server (start it with "
+                                  "--allow-remote-media to allow them); send the image as a data: URI.",
+                                  param, "remote_media_disabled")
+            data = _fetch_remote(url, limits.max_image_bytes, param)
+        else:
+            raise bad_request("Invalid image URL: expected a data: URI (or http(s) with --allow-remote-media).",
+                              param, "invalid_image_url")
+        return load_image(data, limits)
+    except MediaError as error:
+        raise _with_param(error, param) from None
+
+
+def _decode_audio_b64(text: str, param: str, st: "ServeState"):
+    limits = st.config.media_limits
+    try:
+        if text[:5].lower() == "data:":  # tolerated: some clients send a whole data URI
+            _mime, data = decode_data_uri(text, limits.max_audio_bytes)
+        else:
+            compact = "".join(text.split())
+            if len(compact) * 3 // 4 > limits.max_audio_bytes + 2:  # refuse before decoding
+                raise MediaTooLargeError(f"audio is over the limit of {limits.max_audio_bytes} bytes")
+            try:
+                data = base64.b64decode(compact, validate=True)
+            except (binascii.Error, ValueError):
+                raise bad_request("input_audio.data is not valid base64.", param, "invalid_base64") from None
+        return load_audio(data, limits)
+    except MediaError as error:
+        raise _with_param(error, param) from None
+
+
+def _convert_messages(body: ChatCompletionRequest, st: "ServeState") -> list[dict[str, Any]]:
+    """OpenAI messages → omniphi.chat messages with decoded media (runs in a worker thread).
+
+    System/developer messages are merged into one leading system message: the chat templates only
+    take a system prompt first."""
+    config = st.config
+    system: list[str] = []
+    turns: list[dict[str, Any]] = []
+    images = clips = 0
+    for i, message in enumerate(body.messages):
+        role = "system" if message.role == "developer" else message.role
+        content = message.content
+        if content is None:
+            if role != "assistant":
+                raise bad_request(f"Missing content of messages[{i}].", f"messages[{i}].content", "missing_required_parameter")
+            content = ""
+        parts: list[dict[str, Any]] = []
+        if isinstance(content, str):
+            parts.append({"type": "text", "text": content})
+        else:
+            for j, raw in enumerate(content):
+                param = f"messages[{i}].content[{j}]"
+                kind = raw.get("type")
+                if kind == "text":
+                    text = raw.get("text")
+                    if not isinstance(text, str):
+                        raise bad_request(f"Invalid value for '{param}.text': expected a string.", f"{param}.text", "invalid_type")
+                    parts.append({"type": "text", "text": text})
+                elif kind == "refusal" and role == "assistant":
+                    continue
+                elif kind in ("image_url", "input_audio"):
+                    if role != "user":
+                        raise bad_request(f"'{kind}' parts are only allowed in user messages.", f"{param}.type", "invalid_value")
+                    if kind == "image_url":
+                        images += 1
+                        if images > config.max_images:
+                            raise bad_request(f"Too many images: at most {config.max_images} per request.",
+                                              param, "too_many_images")
+                        spec = raw.get("image_url")
+                        url = spec if isinstance(spec, str) else _validated(_ImageURL, spec, f"{param}.image_url").url
+                        parts.append({"type": "image", "image": _decode_image(url, f"{param}.image_url.url", st)})
+                    else:
+                        clips += 1
+                        if clips > config.max_audio_clips:
+                            raise bad_request(f"Too many audio clips: at most {config.max_audio_clips} per request.",
+                                              param, "too_many_audio_clips")
+                        spec = _validated(_InputAudio, raw.get("input_audio"), f"{param}.input_audio")
+                        parts.append({"type": "audio", "audio": _decode_audio_b64(spec.data, f"{param}.input_audio.data", st)})
+                else:
+                    raise bad_request(f"Invalid value: {kind!r}. Supported values are: {_PART_TYPES}.",
+                                      f"{param}.type", "invalid_value")
+        if role == "system":
+            system.append("".join(p["text"] for p in parts))
+        else:
+            turns.append({"role": role, "content": parts})
+    if not any(m["role"] == "user" for m in turns):
+        raise bad_request("The messages must contain at least one user message.", "messages", "invalid_value")
+    prefix = [{"role": "system", "content": "\n\n".join(system)}] if system else []
+    return prefix + turns
+
+
+def _validated(model: type[BaseModel], value: Any, param: str):
+    try:
+        return model.model_validate(value)
+    except ValidationError as error:
+        raise from_validation_errors(error.errors(), prefix=tuple(_split_param(param))) from None
+
+
+def _split_param(param: str) -> list:
+    """"messages[0].content[1].image_url" → ["messages", 0, "content", 1, "image_url"]."""
+    out: list = []
+    for piece in param.split("."):
+        name, *indexes = piece.split("[")
+        if name:
+            out.append(name)
+        out.extend(int(i.rstrip("]")) for i in indexes)
+    return out
+
+
+def _settings(body: ChatCompletionRequest, st: "ServeState") -> GenerationSettings:
+    config = st.config
+    stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+    settings = GenerationSettings(
+        max_new_tokens=body.max_completion_tokens or body.max_tokens or config.max_tokens,
+        temperature=config.temperature if body.temperature is None else body.temperature,
+        top_p=1.0 if body.top_p is None else body.top_p,
+        stop=stop,
+        seed=body.seed,
+    )
+    try:
+        return settings.validate()
+    except ValueError as error:
+        param = "stop" if "stop" in str(error) else None
+        raise bad_request(str(error), param, "invalid_value") from None
+
+
+# --------------------------------------------------------------------------- routes
+
+
+@router.get("/health")
+async def health(request: Request) -> JSONResponse:
+    st = state(request)
+    ok = st.engine.running
+    body = {"status": "ok" if ok else "unavailable", "model": st.engine.model_name, "queue": st.engine.waiting}
+    return JSONResponse(body, status_code=200 if ok else 503)
+
+
+def _model_object(st: "ServeState") -> dict[str, Any]:
+    return {"id": st.engine.model_name, "object": "model", "created": int(st.started_at), "owned_by": "omniphi"}
+
+
+@router.get("/v1/models")
+async def list_models(request: Request) -> dict[str, Any]:
+    return {"object": "list", "data": [_model_object(state(request))]}
+
+
+@router.get("/v1/models/{model_id:path}")
+async def get_model(model_id: str, request: Request) -> dict[str, Any]:
+    st = state(request)
+    if model_id != st.engine.model_name:
+        raise not_found(f"The model '{model_id}' does not exist; this server serves '{st.engine.model_name}'.",
+                        "model", "model_not_found")
+    return _model_object(st)
+
+
+async def wait_for_job(job: Job, request: Request):
+    """A non-streamed answer: wait for the job, cancelling it if the client disconnects meanwhile
+    (the body has been read, so the next ASGI message is the disconnect)."""
+
+    async def watch():
+        while True:
+            message = await request.receive()
+            if message["type"] == "http.disconnect":
+                job.cancel()
+                return
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        return await job.wait()
+    finally:
+        watcher.cancel()
+        job.cancel()  # no-op when finished; stops the model if we are being torn down
+
+
+def sse(data: Any) -> str:
+    return f"data: {json.dumps(data, ensure_ascii=False, separators=(',', ':'))}\n\n"
+
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(request: Request) -> Response:
+    st = state(request)
+    body = await parse_json_body(request, ChatCompletionRequest)
+    if body.n is not None and body.n != 1:
+        raise bad_request("Only n=1 is supported.", "n", "invalid_value")
+    settings = _settings(body, st)
+    audio_mode = body.audio_mode or st.config.audio_mode
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    if body.stream_options is not None and not body.stream:
+        raise bad_request("stream_options is only allowed when stream is true.", "stream_options", "invalid_value")
+    messages = await anyio.to_thread.run_sync(_convert_messages, body, st)
+    job = st.engine.submit(ChatRequest(messages, settings, audio_mode))  # QueueFull → 429 before any byte
+    completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+    created = int(time.time())
+    model = st.engine.model_name
+
+    if not body.stream:
+        result = await wait_for_job(job, request)
+        done = result.done
+        return JSONResponse({
+            "id": completion_id, "object": "chat.completion", "created": created, "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text, "refusal": None},
+                         "logprobs": None, "finish_reason": done.finish_reason}],
+            "usage": _usage(done),
+            "omniphi": {"transcripts": result.transcripts},
+        })
+
+    def chunk(delta: dict[str, Any], finish_reason: str | None = None, **extra) -> str:
+        data = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model,
+                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}], **extra}
+        if include_usage:
+            data["usage"] = None
+        return sse(data)
+
+    async def events():
+        transcripts: list[str] = []
+        try:
+            yield chunk({"role": "assistant", "content": ""})
+            async for event in job:
+                if isinstance(event, Token):
+                    yield chunk({"content": event.text})
+                elif isinstance(event, Transcript):
+                    transcripts.append(event.text)
+                elif isinstance(event, Done):
+                    yield chunk({}, event.finish_reason, omniphi={"transcripts": transcripts})
+                    if include_usage:
+                        yield sse({"id": completion_id, "object": "chat.completion.chunk", "created": created,
+                                   "model": model, "choices": [], "usage": _usage(event)})
+            yield "data: [DONE]\n\n"
+        except Exception as error:  # noqa: BLE001 — headers are sent: report in-band (the client raises APIError)
+            _status, payload, _headers = status_and_body(error)
+            yield sse(payload)
+        finally:
+            job.cancel()  # the client went away (or we are done): stop generating
+
+    return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+def _usage(done: Done) -> dict[str, int]:
+    return {"prompt_tokens": done.prompt_tokens, "completion_tokens": done.completion_tokens,
+            "total_tokens": done.prompt_tokens + done.completion_tokens}
+
+
+_TRANSCRIPTION_FORMATS = ("json", "text", "verbose_json")
+
+
+@router.post("/v1/audio/transcriptions")
+async def transcriptions(request: Request) -> Response:
+    st = state(request)
+    limits = st.config.media_limits
+    if not request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
+        raise bad_request("Expected a multipart/form-data body with a 'file' field.", "file", "invalid_request")
+    form = await request.form(max_files=1, max_fields=32)
+    try:
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise bad_request("Missing required parameter: 'file'.", "file", "missing_required_parameter")
+        response_format = form.get("response_format") or "json"
+        if response_format not in _TRANSCRIPTION_FORMATS:
+            raise bad_request(f"Invalid value for 'response_format': {response_format!r}. Supported values are: "
+                              "'json', 'text' and 'verbose_json'.", "response_format", "invalid_value")
+        if str(form.get("stream", "false")).lower() == "true":
+            raise bad_request("Streaming transcriptions are not supported.", "stream", "invalid_value")
+        data = await upload.read(limits.max_audio_bytes + 1)
+    finally:
+        await form.close()
+    try:
+        audio = await anyio.to_thread.run_sync(load_audio, data, limits)
+    except MediaError as error:
+        raise _with_param(error, "file") from None
+    result = await wait_for_job(st.engine.submit(TranscriptionRequest(audio)), request)
+    text = result.transcripts[0] if result.transcripts else ""
+    if response_format == "text":
+        return PlainTextResponse(text)
+    if response_format == "verbose_json":
+        # No segment timestamps: the transcriber gives the text only, and made-up segments would mislead.
+        return JSONResponse({"task": "transcribe", "language": "en", "duration": round(len(audio) / 16000, 3),
+                             "text": text})
+    return JSONResponse({"text": text})

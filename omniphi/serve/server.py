@@ -1,0 +1,92 @@
+"""`omniphi serve`: arguments and the uvicorn runner (the CLI plugs these in)."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import sys
+from pathlib import Path
+
+import uvicorn
+
+from omniphi.serve.app import ServeConfig
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="starter", help="preset name (starter, phi2, tiny) or model directory")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to bind (default 127.0.0.1; anything else exposes the server to the network)")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--api-key", default=os.environ.get("OMNIPHI_API_KEY") or None,
+                        help="require 'Authorization: Bearer KEY' on /v1 and /api (default: $OMNIPHI_API_KEY)")
+    parser.add_argument("--data-dir", default=None,
+                        help="where conversations are stored (default: $OMNIPHI_DATA or ~/.local/share/omniphi)")
+    parser.add_argument("--allow-remote-media", action="store_true",
+                        help="let requests reference http(s) image URLs that the server fetches (off: SSRF risk)")
+    parser.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                        help="allow cross-origin requests from ORIGIN (repeatable; none by default)")
+    parser.add_argument("--max-queue", type=int, default=8, help="requests that may wait for the model (then 429)")
+    parser.add_argument("--request-timeout", type=float, default=300.0, help="seconds per request, queue included")
+    parser.add_argument("--audio-mode", choices=("native", "transcribe"), default="native",
+                        help="default way audio reaches the model")
+
+
+def config_from_args(args: argparse.Namespace) -> ServeConfig:
+    if args.max_queue < 0:
+        raise ValueError("--max-queue must be >= 0")
+    return ServeConfig(
+        api_key=args.api_key or None,
+        data_dir=Path(args.data_dir).expanduser() if args.data_dir else None,
+        allow_remote_media=args.allow_remote_media,
+        cors_origins=list(args.cors_origin or []),
+        max_queue=args.max_queue,
+        request_timeout_s=args.request_timeout,
+        audio_mode=args.audio_mode,
+    )
+
+
+def run_serve(args: argparse.Namespace, *, assistant=None) -> int:
+    """Load the model, print the URL, serve until Ctrl-C / SIGTERM (then finish gracefully).
+    `assistant` replaces loading (tests run the real server process around a fake)."""
+    import uvicorn
+
+    from omniphi.serve.app import create_app
+
+    config = config_from_args(args)
+    if not _is_loopback(args.host) and not config.api_key:
+        print(f"omniphi: warning: serving on {args.host} without --api-key: anyone who can reach this "
+              "address can use the model and read the stored conversations", file=sys.stderr)
+    if assistant is None:
+        from omniphi.assistant import Assistant
+
+        print(f"omniphi: loading model {args.model} ...", file=sys.stderr, flush=True)
+        assistant = Assistant.load(args.model)
+    app = create_app(assistant, config)
+    server = _Server(uvicorn.Config(
+        # A streaming answer may hold shutdown up to this long; then it is cancelled (and stored).
+        app, host=args.host, port=args.port, log_level="info", timeout_graceful_shutdown=5, lifespan="on",
+    ))
+    server.run()
+    return 0
+
+
+class _Server(uvicorn.Server):
+    """Prints the URL once listening (with the real port when --port 0)."""
+
+    async def startup(self, sockets=None):
+        await super().startup(sockets=sockets)
+        if self.started and getattr(self, "servers", None):
+            port = self.servers[0].sockets[0].getsockname()[1]
+            host = self.config.host if ":" not in self.config.host else f"[{self.config.host}]"
+            name = self.config.app.state.omniphi.engine.model_name
+            print(f"omniphi: serving {name} on http://{host}:{port}/", flush=True)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
