@@ -1,0 +1,26 @@
+"""Fixtures of the eval tests: the tiny assistant and a generated shapes dataset."""
+
+import shutil
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_assistant(tiny):
+    from omniphi.assistant import Assistant
+
+    return Assistant(tiny)
+
+
+@pytest.fixture(scope="session")
+def shapes_dir(tmp_path_factory):
+    """A small dataset written by the shapes generator, spoken questions included."""
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed")
+    from omniphi.data.shapes import generate_shapes
+    from omniphi.data.tts import Speaker
+
+    root = tmp_path_factory.mktemp("shapes")
+    speaker = Speaker(cache_dir=root / "tts-cache")
+    generate_shapes(root / "data", n=8, seed=3, image_size=64, questions_per_image=2, test_frac=0.25, speaker=speaker, jobs=2)
+    return root / "data"
