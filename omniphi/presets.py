@@ -247,6 +247,10 @@ def save_directory(loaded: LoadedModel, directory: str | Path) -> None:
 
 def load_directory(directory: str | Path, dtype: torch.dtype = torch.float32, name: str | None = None) -> LoadedModel:
     directory = Path(directory)
+    if (directory / "omniphi_trained.json").exists():  # a training output: adapter + trainables on a base
+        from omniphi.train.outputs import load_trained
+
+        return load_trained(directory, dtype=dtype, name=name)
     if not (directory / "config.json").exists():
         raise ValueError(f"{directory} is not an omniphi model directory (no config.json)")
     model = OmniForConditionalGeneration.from_pretrained(directory, dtype=dtype).eval()

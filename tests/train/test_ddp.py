@@ -1,0 +1,33 @@
+"""torchrun with 2 CPU processes (gloo): DDP trains, and only rank 0 writes."""
+
+import socket
+
+import yaml
+
+from tests.train.conftest import make_recipe, read_log, run_module
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_torchrun_two_processes(tmp_path, shapes):
+    out = tmp_path / "ddp"
+    recipe = make_recipe("instruct", out, [{"format": "llava", "path": str(shapes / "train.json")}],
+                         lora={"r": 4, "alpha": 8, "dropout": 0.0}, training={"max_steps": 3, "save_steps": 2})
+    path = tmp_path / "ddp.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    result = run_module("-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+                        "--master_port", str(free_port()), "-m", "omniphi.train", str(path), timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    # Rank 0 alone prints, logs and saves.
+    assert result.stdout.count("trained 3 steps") == 1
+    assert "global batch 2 × 2 × 1" in result.stderr  # two processes really joined
+    steps = [r for r in read_log(out) if r["type"] == "train"]
+    assert [r["step"] for r in steps] == [1, 2, 3]
+    # 3 steps × 2 processes × 2 samples of 36: twice the epoch progress of one process.
+    assert abs(steps[-1]["epoch"] - 3 * 4 / 36) < 1e-3  # single-process would be 3 * 2 / 36
+    assert (out / "omniphi_trained.json").is_file() and (out / "checkpoint-2" / "trainer_state.json").is_file()
+    assert not list(out.glob("**/*.tmp*"))

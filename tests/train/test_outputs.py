@@ -1,0 +1,114 @@
+"""The training output: loads in `omniphi ask`, merges to a full model with the same logits, guards its base."""
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from omniphi import presets
+from omniphi.cli import main as omniphi_main
+from omniphi.train.outputs import TrainedOutputError, load_trained
+from tests.train.conftest import FIXTURES, ROOT, make_recipe, run_module, train
+
+CONVERSATION = [
+    {"role": "user", "content": [{"type": "image", "image": Image.new("RGB", (40, 30), (200, 20, 20))},
+                                 {"type": "text", "text": "What colour is the circle?"}]},
+    {"role": "assistant", "content": "Red."},
+]
+
+
+@pytest.fixture(scope="module")
+def qlora_run(tmp_path_factory, shapes):
+    out = tmp_path_factory.mktemp("qlora") / "run"
+    result = train(make_recipe("instruct", out, [{"format": "llava", "path": str(shapes / "train.json")}],
+                               model={"base": "tiny", "quantize": "nf4"}, lora={"r": 8, "alpha": 16, "dropout": 0.0},
+                               training={"max_steps": 3, "learning_rate": 5e-3}))
+    return out, result
+
+
+def logits(model, processor):
+    batch = processor([CONVERSATION])
+    with torch.no_grad():
+        return model.eval()(**batch).logits
+
+
+def test_merge_gives_the_adapter_models_logits(qlora_run, tmp_path):
+    out, result = qlora_run
+    processor = presets.load("tiny").processor
+    trained = logits(result.trainer.model, processor)  # the 4-bit LLM + LoRA as it trained
+    adapter = load_trained(out, merge=False)  # rebuilt from the output: base → NF4 round trip → adapter
+    from peft import PeftModel
+
+    assert isinstance(adapter.model.language_model, PeftModel)
+    adapter_logits = logits(adapter.model, processor)
+    torch.testing.assert_close(adapter_logits, trained, atol=1e-5, rtol=1e-5)
+
+    assert omniphi_main(["merge", str(out), str(tmp_path / "merged")]) == 0
+    merged = presets.load(str(tmp_path / "merged"))
+    assert not (tmp_path / "merged" / "adapter").exists()  # a plain full model directory
+    assert type(merged.model.language_model).__name__ == "PhiForCausalLM"
+    torch.testing.assert_close(logits(merged.model, processor), adapter_logits, atol=1e-5, rtol=1e-5)
+    base = logits(presets.load("tiny").model, processor)
+    assert (base - adapter_logits).abs().max() > 1e-2  # training changed the model: the check is not vacuous
+    assert json.loads((tmp_path / "merged" / "merged_from.json").read_text())["quantization"] == "nf4"
+
+
+def test_output_refuses_a_changed_base(qlora_run, tmp_path, monkeypatch):
+    import shutil
+
+    out, _ = qlora_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns("checkpoint-*"))
+    meta = json.loads((copy / "omniphi_trained.json").read_text())
+    meta["base_fingerprint"] = "0" * 16
+    (copy / "omniphi_trained.json").write_text(json.dumps(meta))
+    with pytest.raises(TrainedOutputError, match="trained on a different 'tiny'"):
+        presets.load(str(copy))
+    monkeypatch.setenv("OMNIPHI_SKIP_BASE_CHECK", "1")
+    presets.load(str(copy))
+
+
+def test_bad_recipe_is_one_line_exit_2(tmp_path, capsys):
+    assert omniphi_main(["train", str(tmp_path / "nope.yaml")]) == 2
+    assert "recipe not found" in capsys.readouterr().err
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("stage: instruct\ndata: {train: [{format: llava, path: x.json}]}\ntraining: {output_dir: o}\n")
+    assert omniphi_main(["train", str(recipe), "--lora.rank", "8"]) == 2
+    assert "unknown key lora.rank" in capsys.readouterr().err
+
+
+def test_cli_train_then_ask_loads_the_output(tmp_path, shapes):
+    """`omniphi train RECIPE --overrides` and `omniphi ask --model DIR`, as a user runs them."""
+    out = tmp_path / "cli-run"
+    recipe = ROOT / "recipes" / "shapes-tiny-smoke.yaml"
+    trained = run_module("-m", "omniphi.cli", "train", str(recipe), "--output_dir", str(out),
+                         "--data.train.0.path", str(shapes / "train.json"), "--data.eval.0.path", str(shapes / "val.json"),
+                         "--max_steps", "2", "--save_steps", "1")
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert "trained 2 steps" in trained.stdout
+    assert "samples/s" in trained.stderr and "loss=" in trained.stderr  # the progress bar
+    assert (out / "plots" / "loss.png").is_file()
+    assert (out / "checkpoint-1").is_dir() and (out / "checkpoint-2").is_dir()
+
+    image = tmp_path / "red.png"
+    Image.new("RGB", (40, 30), (200, 20, 20)).save(image)
+    asked = run_module("-m", "omniphi.cli", "ask", "--model", str(out), "--image", str(image),
+                       "--audio", str(FIXTURES / "speech" / "capital.wav"), "--max-new-tokens", "4", "--stats",
+                       "What colour is the circle?")
+    assert asked.returncode == 0, asked.stderr[-3000:]
+    assert asked.stdout.strip()
+    assert "answer tokens" in asked.stderr
+
+
+def test_output_whose_base_leads_back_to_itself(qlora_run, tmp_path):
+    import shutil
+
+    out, _ = qlora_run
+    loop = tmp_path / "loop"
+    shutil.copytree(out, loop, ignore=shutil.ignore_patterns("checkpoint-*"))
+    meta = json.loads((loop / "omniphi_trained.json").read_text())
+    meta.update(base=str(loop), base_relative=".")
+    (loop / "omniphi_trained.json").write_text(json.dumps(meta))
+    with pytest.raises(TrainedOutputError, match="leads back to itself"):
+        presets.load(str(loop))

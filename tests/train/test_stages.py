@@ -1,0 +1,134 @@
+"""One short run of each stage on the tiny preset; an overfit run that must learn."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from omniphi import presets
+from tests.train.conftest import FIXTURES, make_recipe, read_log, train, train_losses
+
+
+def base_state():
+    return {k: v.clone() for k, v in presets.load("tiny").model.state_dict().items()}
+
+
+def changed_modules(output_dir, base):
+    """Top-level modules whose weights differ from the base after loading the (merged) output."""
+    loaded = presets.load(str(output_dir)).model.state_dict()
+    return {k.split(".")[0] for k, v in loaded.items() if k in base and not torch.equal(v, base[k])}
+
+
+def meta(output_dir):
+    return json.loads((output_dir / "omniphi_trained.json").read_text())
+
+
+def test_text_stage_lora(tmp_path, text_corpus):
+    out = tmp_path / "text-lora"
+    result = train(make_recipe("text", out, [{"format": "text", "path": str(text_corpus)}],
+                               lora={"r": 4, "alpha": 8, "dropout": 0.0}))
+    assert result.complete and result.global_step == 4
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()
+    assert not (out / "non_lora_trainables.safetensors").exists()  # nothing but the adapter trained
+    assert meta(out)["stage"] == "text" and meta(out)["base"] == "tiny"
+    assert changed_modules(out, base_state()) == {"language_model"}
+
+
+def test_text_stage_from_scratch_with_checkpointing(tmp_path, text_corpus):
+    out = tmp_path / "scratch"
+    recipe = make_recipe("text", out, [{"format": "text", "path": str(text_corpus)}],
+                         model={"base": "tiny", "init": "scratch", "text_config": {"num_hidden_layers": 1}},
+                         training={"gradient_checkpointing": True, "learning_rate": 3e-3, "max_steps": 6})
+    result = train(recipe)
+    assert result.trainer.model.language_model.model.gradient_checkpointing
+    losses = train_losses(out)
+    assert losses[-1] < losses[0]
+    loaded = presets.load(str(out)).model
+    assert len(loaded.language_model.model.layers) == 1
+    saved = load_file(str(out / "non_lora_trainables.safetensors"))
+    assert all(k.startswith("language_model.") for k in saved)
+    torch.testing.assert_close(loaded.language_model.model.embed_tokens.weight,
+                               saved["language_model.model.embed_tokens.weight"])
+
+
+def test_align_stage_vision_projector_and_unfrozen_tower(tmp_path, shapes):
+    out = tmp_path / "align-vision"
+    result = train(make_recipe("align", out, [{"format": "llava_plain", "path": str(shapes / "captions.json")}],
+                               train_modules=["multi_modal_projector", "vision_tower"],
+                               training={"max_steps": 3, "tower_lr": 1e-4}))
+    assert result.complete
+    assert sorted({k.split(".")[0] for k in load_file(str(out / "non_lora_trainables.safetensors"))}) == [
+        "multi_modal_projector", "vision_tower"]
+    assert changed_modules(out, base_state()) == {"multi_modal_projector", "vision_tower"}
+    lrs = [(r["lr_projector"], r["lr_tower"]) for r in read_log(out) if r["type"] == "train"]
+    assert lrs[0] == pytest.approx((1e-3, 1e-4))
+
+
+def test_align_stage_audio_on_asr_data_counts_missing_audio(tmp_path):
+    out = tmp_path / "align-audio"
+    train_sources = [
+        {"format": "asr_manifest", "path": str(FIXTURES / "librispeech" / "manifest.jsonl")},  # has a missing file
+        {"format": "librispeech", "path": str(FIXTURES / "librispeech" / "LibriSpeech")},
+    ]
+    result = train(make_recipe("align", out, train_sources, train_modules=["audio_projector"],
+                               training={"max_steps": 3}))
+    assert result.complete
+    assert changed_modules(out, base_state()) == {"audio_projector"}
+    assert meta(out)["skipped_samples"]["by_reason"].get("missing_audio", 0) >= 1
+    assert [r["skipped"] for r in read_log(out) if r["type"] == "train"][-1] >= 1
+
+
+def test_instruct_stage_qlora_images_and_speech_with_eval_and_plots(tmp_path, shapes):
+    out = tmp_path / "instruct"
+    train_sources = [
+        {"format": "llava", "path": str(shapes / "train.json")},
+        {"format": "llava", "path": str(FIXTURES / "llava" / "spoken.json"), "image_folder": str(FIXTURES),
+         "audio_folder": str(FIXTURES)},
+    ]
+    recipe = make_recipe(
+        "instruct", out, train_sources, model={"base": "tiny", "quantize": "nf4"},
+        lora={"r": 8, "alpha": 16, "dropout": 0.05},
+        data={"eval": [{"format": "llava", "path": str(shapes / "val.json")}], "group_by_length": True},
+        training={"max_steps": 4, "grad_accum": 2, "projector_lr": 1e-4, "eval_steps": 2, "plots": True,
+                  "save_steps": 2, "gradient_checkpointing": True},
+    )
+    result = train(recipe)
+    assert result.complete
+    assert result.trainer.model.language_model.base_model.model.model.gradient_checkpointing
+    log = read_log(out)
+    evals = [r for r in log if r["type"] == "eval"]
+    assert [r["step"] for r in evals] == [2, 4] and all(r["eval_loss"] > 0 for r in evals)
+    steps = [r for r in log if r["type"] == "train"]
+    assert [r["step"] for r in steps] == [1, 2, 3, 4]
+    assert all(r["lr_projector"] == pytest.approx(r["lr_llm"] / 10) for r in steps)  # separate projector lr
+    assert steps[0]["lr_llm"] == pytest.approx(1e-3)  # no warmup in this recipe: step 1 runs at the peak
+    assert (out / "plots" / "loss.png").stat().st_size > 1000 and (out / "plots" / "lr.png").is_file()
+    m = meta(out)
+    assert m["quantization"] == "nf4" and m["has_adapter"] and m["lora"]["r"] == 8
+    assert sorted(m["non_lora_trainables"])[0].startswith("audio_projector")
+    assert (out / "checkpoint-2" / "omniphi_trained.json").is_file()
+    # Spoken samples are the longest, so grouping by length puts them in the first batch: both
+    # projectors received gradients; the towers stayed frozen.
+    changed = changed_modules(out, base_state())
+    assert {"audio_projector", "multi_modal_projector"} <= changed
+    # LoRA's B starts at zero: non-zero means gradients reached the adapters through the 4-bit,
+    # checkpointed LLM.
+    adapter = load_file(str(out / "adapter" / "adapter_model.safetensors"))
+    assert all("embed" not in k and "lm_head" not in k for k in adapter)
+    assert max(v.abs().max() for k, v in adapter.items() if "lora_B" in k) > 0
+    assert not changed & {"vision_tower", "audio_tower"}
+    assert (out / "recipe.yaml").read_text().startswith("stage: instruct")
+
+
+def test_overfits_a_tiny_fixed_set(tmp_path, shapes):
+    """Four samples, full LLM + projectors: the answer loss must collapse. (LoRA on the random tiny
+    LLM cannot: its frozen random head bounds the logits; the LoRA runs above only check plumbing.)"""
+    out = tmp_path / "overfit"
+    recipe = make_recipe("instruct", out, [{"format": "llava", "path": str(shapes / "train.json"), "limit": 4}],
+                         training={"max_steps": 25, "batch_size": 4, "learning_rate": 3e-3, "projector_lr": 1e-3,
+                                   "lr_scheduler": "constant"})
+    train(recipe)
+    losses = train_losses(out)
+    assert losses[0] > 5.0
+    assert losses[-1] < 0.3 * losses[0], losses
