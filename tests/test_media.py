@@ -31,7 +31,6 @@ from omniphi.media import (
 SPEECH = Path(__file__).parent / "fixtures" / "speech"
 AUDIO_FIXTURES = ["wav", "mp3", "flac", "ogg", "opus", "webm", "m4a"]
 # ffmpeg is a test dependency (`make system-deps`); without it these tests fail rather than skip.
-needs_ffmpeg = pytest.mark.usefixtures()
 
 
 def _encode(im: Image.Image, fmt: str, **kw) -> bytes:
@@ -191,7 +190,6 @@ def test_audio_over_duration_limit_stops_decoding_early(monkeypatch):
         load_audio(SPEECH / "fox.wav", MediaLimits(max_audio_seconds=2.5))
 
 
-@needs_ffmpeg
 def test_long_low_bitrate_audio_rejected_with_default_limits(tmp_path):
     # 400 s of silence as WebM/Opus is a few KB: the byte limit cannot catch it, duration must.
     path = tmp_path / "long.webm"
@@ -233,7 +231,6 @@ def test_wav_with_zero_samples_is_corrupt():
     assert exc.value.status == 400
 
 
-@needs_ffmpeg
 def test_container_without_audio_stream_is_corrupt(tmp_path):
     path = tmp_path / "video_only.mkv"
     subprocess.run(

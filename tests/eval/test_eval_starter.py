@@ -12,14 +12,16 @@ pytestmark = pytest.mark.slow
 
 
 def test_text_questions_batched_like_complete(starter_assistant):
-    results = evaluate(starter_assistant, "qa", EVAL / "qa" / "questions.jsonl", batch_size=3, progress=False)
+    # 16 new tokens are enough for the short answers and keep this test to seconds on 2 cores.
+    results = evaluate(starter_assistant, "qa", EVAL / "qa" / "questions.jsonl", batch_size=3, progress=False,
+                       max_new_tokens=16)
     by_id = {i["id"]: i["results"]["text"] for i in results["items"]}
     assert by_id["capital"]["contains"], by_id["capital"]["prediction"]
-    assert results["metrics"]["text"]["accuracy"] >= 100 / 3
+    assert results["metrics"]["text"]["accuracy"] >= 33.3  # at least the capital question
     # The batched, left-padded answers are the answers the chat path gives one at a time.
     for item in results["items"]:
         reply = starter_assistant.complete([{"role": "user", "content": item["question"]}],
-                                           GenerationSettings(max_new_tokens=48))
+                                           GenerationSettings(max_new_tokens=16))
         assert reply.text.strip() == item["results"]["text"]["prediction"]
 
 
