@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+from omniphi.cli import positive_int
+
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
 
@@ -46,16 +48,6 @@ def _rates(text: str) -> list[int]:
     return values
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
 def _add_tts_options(p: argparse.ArgumentParser) -> None:
     from omniphi.data.tts import DEFAULT_COMMAND, ENGLISH_VOICES
 
@@ -67,7 +59,7 @@ def _add_tts_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tts-command", default=DEFAULT_COMMAND,
                    help="command template with {text} and {out} (and {voice}, {rate}); run without a shell")
     p.add_argument("--tts-cache", default=None, metavar="DIR", help="TTS cache (default $OMNIPHI_CACHE/tts)")
-    p.add_argument("--jobs", type=_positive, default=min(4, os.cpu_count() or 1), help="parallel TTS processes")
+    p.add_argument("--jobs", type=positive_int, default=min(4, os.cpu_count() or 1), help="parallel TTS processes")
 
 
 def add_data_arguments(data: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -80,7 +72,7 @@ def add_data_arguments(data: argparse.ArgumentParser) -> argparse.ArgumentParser
     p = sub.add_parser("shapes", help="write the synthetic coloured-shapes dataset",
                        description="Write images of coloured shapes with captions, questions and spoken questions.")
     p.add_argument("--out", required=True, type=Path, help="output directory (created; a previous shapes run is replaced)")
-    p.add_argument("--n", required=True, type=_positive, help="number of images")
+    p.add_argument("--n", required=True, type=positive_int, help="number of images")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--questions-per-image", type=int, default=3)
@@ -96,12 +88,12 @@ def add_data_arguments(data: argparse.ArgumentParser) -> argparse.ArgumentParser
     p.add_argument("--model", required=True)
     p.add_argument("--prompts", required=True, type=Path, help="text file, one prompt per line")
     p.add_argument("--out", required=True, type=Path, help="JSONL file to append to")
-    p.add_argument("--n-per-prompt", type=_positive, default=1)
+    p.add_argument("--n-per-prompt", type=positive_int, default=1)
     p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--max-tokens", type=_positive, default=512)
+    p.add_argument("--max-tokens", type=positive_int, default=512)
     p.add_argument("--system", default=None, help="optional system message")
     p.add_argument("--api-key", default=None, help="bearer key (default: $OPENAI_API_KEY if set)")
-    p.add_argument("--concurrency", type=_positive, default=1)
+    p.add_argument("--concurrency", type=positive_int, default=1)
     p.add_argument("--max-retries", type=int, default=6)
     p.add_argument("--timeout", type=float, default=300.0, help="seconds per request")
 

@@ -17,17 +17,9 @@ import json
 import sys
 from pathlib import Path
 
+from omniphi.cli import positive_int
+
 EXIT_USAGE = 2
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
 def _ask_by(text: str) -> list[str]:
@@ -58,8 +50,8 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     parser.add_argument("--model", default="starter", help="preset (starter, phi2, tiny) or model directory")
     parser.add_argument("--task", required=True, choices=names, metavar="TASK", help=", ".join(names))
     parser.add_argument("--data", required=True, help="the benchmark's file or folder in its published layout")
-    parser.add_argument("--limit", type=_positive, help="only the first N questions (perplexity: windows)")
-    parser.add_argument("--batch-size", type=_positive, default=8, help="prompts generated together, left-padded")
+    parser.add_argument("--limit", type=positive_int, help="only the first N questions (perplexity: windows)")
+    parser.add_argument("--batch-size", type=positive_int, default=8, help="prompts generated together, left-padded")
     parser.add_argument("--out", type=Path, help="write the results (metrics and every answer) to this JSON file")
     parser.add_argument("--audio-mode", choices=["native", "transcribe"],
                         help="asr: score only the native path or only Whisper's transcript (default: both)")
@@ -68,9 +60,9 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
                              "comma-separated or repeated for a side-by-side table (default: text)")
     parser.add_argument("--images", type=Path, help="image folder, when not where the benchmark's layout puts it")
     parser.add_argument("--split", help="scienceqa, shapes: which split (default test)")
-    parser.add_argument("--max-new-tokens", type=_positive, help="answer length limit (default: per task)")
-    parser.add_argument("--window", type=_positive, help="perplexity: tokens per window (default min(context, 1024))")
-    parser.add_argument("--stride", type=_positive, help="perplexity: tokens between window starts (default window/2)")
+    parser.add_argument("--max-new-tokens", type=positive_int, help="answer length limit (default: per task)")
+    parser.add_argument("--window", type=positive_int, help="perplexity: tokens per window (default min(context, 1024))")
+    parser.add_argument("--stride", type=positive_int, help="perplexity: tokens between window starts (default window/2)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
