@@ -16,6 +16,15 @@ from tests.serve.conftest import wait_until
 from tests.serve.fake_assistant import ANSWER, TRANSCRIPT, FakeAssistant
 
 
+def run_coroutine(coroutine):
+    """asyncio.run in a thread of its own: Playwright's sync API (browser tests in the same pytest
+    process) keeps an event loop running in the main thread, where asyncio.run refuses to start."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
+
+
 def chat(text="hi", max_new_tokens=256, audio=None):
     content = [{"type": "text", "text": text}]
     if audio is not None:
@@ -59,7 +68,7 @@ def test_async_consumer(engines):
         result = await engine.submit(TranscriptionRequest(np.zeros(8000, np.float32))).wait()
         return texts, result
 
-    texts, result = asyncio.run(main())
+    texts, result = run_coroutine(main())
     assert "".join(texts) == ANSWER
     assert result.transcripts == [TRANSCRIPT] and result.finish_reason == "stop"
 
@@ -195,7 +204,7 @@ def test_consumer_gives_up_on_a_model_that_ignores_cancel(engines):
 
     started = time.monotonic()
     with pytest.raises(RequestTimedOut):
-        asyncio.run(consume())
+        run_coroutine(consume())
     assert time.monotonic() - started < 0.6
 
 
