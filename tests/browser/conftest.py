@@ -60,6 +60,7 @@ class Server:
     url: str  # ends with "/"
     api_key: str | None = None
     expected_transcript: str | None = None  # what the assistant hears in capital.wav, when known
+    transcribes: bool = True  # False: a model without a speech recogniser (e.g. the "tiny" preset)
     stop: Callable[[], None] = field(default=lambda: None, repr=False)
 
     def api(self, method: str, path: str, body: Any = None) -> Any:
@@ -123,11 +124,16 @@ def serve_app(app) -> tuple[str, Callable[[], None]]:
     return url, stop
 
 
+# The slow fake's answer: long enough that Stop lands mid-answer on a busy machine.
+SLOW_ANSWER = " ".join(
+    f"Sentence {i} of a long answer, streamed one word at a time so that it can be stopped." for i in range(1, 13))
+
+
 def make_assistant(*, delay: float = 0.0):
     """The assistant the browser tests talk to (see the module docstring). `delay` slows each token."""
     if ASSISTANT_SPEC == "fake":
         FakeAssistant = _load_fake_assistant()
-        return FakeAssistant(token_delay=delay) if delay else FakeAssistant()
+        return FakeAssistant(SLOW_ANSWER, token_delay=delay) if delay else FakeAssistant()
     from omniphi.assistant import Assistant
 
     assistant = Assistant.load(ASSISTANT_SPEC)
@@ -162,29 +168,48 @@ class _SlowedAssistant:
     def __getattr__(self, name):
         return getattr(self._inner, name)
 
-    def stream(self, *args, **kwargs):
-        from omniphi.chat import Token
+    def stream(self, *args, cancel=None, **kwargs):
+        from omniphi.chat import Done, Token
 
-        for event in self._inner.stream(*args, **kwargs):
-            if isinstance(event, Token):
-                time.sleep(self._delay)
-            yield event
+        started, produced = time.perf_counter(), 0
+        inner = self._inner.stream(*args, cancel=cancel, **kwargs)
+        try:
+            for event in inner:
+                if isinstance(event, Token):
+                    # The real model may have generated far ahead of this slowed reader: honour
+                    # a cancel here rather than draining what it already queued.
+                    if cancel is not None and cancel.wait(self._delay):
+                        yield Done("cancelled", 0, produced, time.perf_counter() - started)
+                        return
+                    if cancel is None:
+                        time.sleep(self._delay)
+                    produced += 1
+                yield event
+        finally:
+            inner.close()
 
 
 def expected_transcript(assistant) -> str | None:
     if ASSISTANT_SPEC != "fake":
-        return "What is the capital of France?"
-    return getattr(assistant, "transcript", None) or getattr(assistant, "transcript_text", None)
+        return "What is the capital of France?" if transcribes(assistant) else None
+    return getattr(assistant, "transcript", None)
 
 
-def start_server(tmp_path: Path, *, delay: float = 0.0, api_key: str | None = None, **config) -> Server:
+def transcribes(assistant) -> bool:
+    inner = getattr(assistant, "_inner", assistant)
+    return ASSISTANT_SPEC == "fake" or getattr(inner, "transcriber", None) is not None
+
+
+def start_server(tmp_path: Path, *, delay: float = 0.0, api_key: str | None = None, assistant=None,
+                 **config) -> Server:
     from omniphi.serve.app import ServeConfig, create_app
 
-    assistant = make_assistant(delay=delay)
+    assistant = assistant if assistant is not None else make_assistant(delay=delay)
     app = create_app(assistant, ServeConfig(data_dir=tmp_path, api_key=api_key, **config))
     url, stop = serve_app(app)
     _wait_healthy(url)
-    return Server(url=url, api_key=api_key, expected_transcript=expected_transcript(assistant), stop=stop)
+    return Server(url=url, api_key=api_key, expected_transcript=expected_transcript(assistant),
+                  transcribes=transcribes(assistant), stop=stop)
 
 
 @pytest.fixture(scope="session")
@@ -198,13 +223,13 @@ def server(tmp_path_factory) -> Server:
     srv.stop()
 
 
-@pytest.fixture()
+@pytest.fixture(scope="session")
 def slow_server(tmp_path_factory, server) -> Server:
     """A server whose answers stream slowly enough to press Stop mid-answer."""
     if EXTERNAL_URL:
         yield server
         return
-    srv = start_server(tmp_path_factory.mktemp("serve-slow"), delay=0.12)
+    srv = start_server(tmp_path_factory.mktemp("serve-slow"), delay=0.04)
     yield srv
     srv.stop()
 

@@ -14,25 +14,21 @@ import numpy as np
 from omniphi.assistant import Assistant
 from omniphi.chat import AudioMode, Conversation, Done, GenerationSettings, Token, Transcript, content_parts, message_text
 
-IMAGE_ANSWER = """That's a **sunflower field at sunset** — a warm orange sky over rows of yellow flowers, with the sun low on the horizon.
+IMAGE_ANSWER = """That's a **sunset over rolling hills**: a warm orange sky fading to pink, a pale yellow sun,
+dark green hills and a row of sunflowers along the bottom edge.
 
-A few details stand out:
-
-- the flowers in the foreground are in sharp focus, the rows behind them blur into the haze;
-- the light comes from behind the field, so the petals glow at their edges;
-- there is a single tree on the right, which gives the picture its scale.
-
-If you want to reproduce the colour palette, here are the dominant colours:
+Here is its palette, sampled from the picture:
 
 ```python
 palette = {
-    "sky": "#f4a259",      # warm orange
-    "sun": "#ffd166",
+    "sky": "#f49a5a",      # warm orange, top
+    "haze": "#d9a88f",     # pink, near the horizon
+    "sun": "#ffd666",
+    "hills": "#3a5a40",
     "petals": "#f6c90e",
-    "leaves": "#3a5a40",
 }
 for name, colour in palette.items():
-    print(f"{name:>7}: {colour}")
+    print(f"{name:>6}: {colour}")
 ```
 """
 
@@ -55,9 +51,9 @@ FALLBACK = "Paris is the capital of France. It has been the country's capital si
 
 
 class DemoAssistant(Assistant):
-    name = "omniphi-starter"
+    name = "scripted-demo"  # README screenshots show layout, not a real model's answers
 
-    def __init__(self, token_delay: float = 0.01):
+    def __init__(self, token_delay: float = 0.03):
         self.token_delay = token_delay
 
     def transcribe(self, audio: np.ndarray) -> str:
