@@ -13,7 +13,6 @@ placeholder counts cannot drift apart between the two:
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -93,13 +92,12 @@ class OmniProcessor:
 
     def _stop_token_ids(self) -> list[int]:
         """EOS plus the template's end-of-turn token: generation stops on either."""
-        ids = {self.tokenizer.eos_token_id}
-        rendered = self.render([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok"}], False)
+        answer = "ok"
+        rendered = self.render([{"role": "user", "content": "hi"}, {"role": "assistant", "content": answer}], False)
         start, end = rendered.answer_spans[-1]
-        tail = rendered.text[start:end]
-        for token in (self.tokenizer.eos_token, end_of_turn_token_safe(self.tokenizer, tail)):
-            if token:
-                ids.add(self.tokenizer.convert_tokens_to_ids(token))
+        answer_end = rendered.text.rindex(answer, start, end) + len(answer)
+        end_of_turn = end_of_turn_token(self.tokenizer, rendered.text, answer_end)
+        ids = {self.tokenizer.eos_token_id, self.tokenizer.convert_tokens_to_ids(end_of_turn)}
         return sorted(i for i in ids if i is not None)
 
     def render(self, messages: Conversation, add_generation_prompt: bool) -> RenderedPrompt:
@@ -287,10 +285,3 @@ class OmniProcessor:
         tokenizer = AutoTokenizer.from_pretrained(directory)
         return cls(tokenizer, config)
 
-
-def end_of_turn_token_safe(tokenizer, answer_text: str) -> str | None:
-    """The special token an answer span ends with ("<|endoftext|>", "<|im_end|>", ...)."""
-    for token in sorted(set(tokenizer.all_special_tokens) | set(tokenizer.get_added_vocab()), key=len, reverse=True):
-        if token and answer_text.endswith(token):
-            return token
-    return None
