@@ -1,6 +1,7 @@
 """The model: save/load, the variable-length Whisper encoder, generation."""
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -101,3 +102,37 @@ def test_chatml_llama_variant_trains(tiny_chatml):
     assert tiny_chatml.model.multi_modal_projector.linear_1.weight.grad is not None
     assert tiny_chatml.model.audio_projector.linear_1.weight.grad is not None
     tiny_chatml.model.zero_grad()
+
+
+@pytest.mark.parametrize("flavour", ["tiny", "tiny_chatml"])
+def test_loss_from_answer_positions_only_equals_the_full_lm_loss(flavour, request):
+    """The training forward computes logits only where a target follows; its loss and gradients
+    must equal the LLM's own loss over full logits (padding, two samples, num_items_in_batch)."""
+    loaded = request.getfixturevalue(flavour)
+    model, processor = loaded.model, loaded.processor
+    long = conversation() + [{"role": "assistant", "content": "A green rectangle and a tone."},
+                             {"role": "user", "content": "And now?"}, {"role": "assistant", "content": "Still green."}]
+    short = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello there."}]
+    batch = processor([long, short])
+    labels = batch["labels"]
+    assert (labels == -100).float().mean() > 0.5  # most positions have no target: the saving is real
+
+    def loss_and_grad(loss_fn):
+        model.zero_grad()
+        loss = loss_fn()
+        loss.backward()
+        return loss.detach(), model.multi_modal_projector.linear_1.weight.grad.clone()
+
+    def full(num_items=None):
+        embeds = model.embed_inputs(batch["input_ids"], batch["pixel_values"], batch["audio_features"],
+                                    batch["audio_feature_lengths"], batch["audio_clip_windows"])
+        kwargs = {} if num_items is None else {"num_items_in_batch": num_items}
+        return model.language_model(inputs_embeds=embeds, attention_mask=batch["attention_mask"], labels=labels, **kwargs).loss
+
+    for num_items in (None, torch.tensor(37)):
+        kwargs = {} if num_items is None else {"num_items_in_batch": num_items}
+        fast_loss, fast_grad = loss_and_grad(lambda: model(**batch, **kwargs).loss)
+        full_loss, full_grad = loss_and_grad(lambda: full(num_items))
+        torch.testing.assert_close(fast_loss, full_loss, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(fast_grad, full_grad, rtol=1e-4, atol=1e-7)
+    model.zero_grad()

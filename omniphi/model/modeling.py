@@ -82,6 +82,10 @@ class OmniForConditionalGeneration(OmniPreTrainedModel, GenerationMixin):
     # -- encoders ---------------------------------------------------------------------------------
     def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """[n_images, 3, H, W] → [n_images, image_seq_length, llm_hidden]."""
+        return self.multi_modal_projector(self.vision_features(pixel_values))
+
+    def vision_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The tower's features the projector reads: [n_images, image_seq_length, vision_hidden]."""
         if self.vision_tower is None:
             raise ValueError("this model has no vision tower, it cannot take images")
         pixel_values = pixel_values.to(self.vision_tower.dtype)
@@ -89,7 +93,7 @@ class OmniForConditionalGeneration(OmniPreTrainedModel, GenerationMixin):
         features = outputs.hidden_states[self.config.vision_feature_layer]
         if self.config.vision_feature_select_strategy == "default":
             features = features[:, 1:]  # drop CLS
-        return self.multi_modal_projector(features)
+        return features
 
     def get_audio_features(
         self, audio_features: torch.Tensor, audio_feature_lengths: torch.Tensor, audio_clip_windows: torch.Tensor
@@ -176,7 +180,27 @@ class OmniForConditionalGeneration(OmniPreTrainedModel, GenerationMixin):
             inputs_embeds = self.embed_inputs(
                 input_ids, pixel_values, audio_features, audio_feature_lengths, audio_clip_windows
             )
-        return self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=labels, **kwargs)
+        if labels is None or "logits_to_keep" in kwargs:
+            return self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=labels, **kwargs)
+        return self._forward_with_loss(inputs_embeds, attention_mask, labels, **kwargs)
+
+    def _forward_with_loss(self, inputs_embeds, attention_mask, labels, num_items_in_batch=None, **kwargs):
+        """The LM loss with logits computed only where some row of the batch has a target.
+        Why: the answers are a small part of a multimodal sample (the image tokens, the prompt and the
+        question have no targets), and the LM head over SmolLM2's 49k vocabulary at every position
+        costs as much as a fifth of a training step. Same value as the LLM's own loss: targets are
+        the next token, -100 is ignored, the sum is divided by `num_items_in_batch` (the target count
+        of the whole accumulated batch) when the Trainer gives it, else by this batch's count."""
+        next_labels = labels[:, 1:]
+        keep = (next_labels != -100).any(0).nonzero().squeeze(1)  # positions whose next token is a target
+        outputs = self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                                      logits_to_keep=keep, **kwargs)
+        targets = next_labels[:, keep]
+        loss = nn.functional.cross_entropy(outputs.logits.float().flatten(0, 1), targets.flatten(),
+                                           ignore_index=-100, reduction="sum")
+        count = num_items_in_batch if num_items_in_batch is not None else (targets != -100).sum()
+        outputs.loss = loss / torch.as_tensor(count, device=loss.device, dtype=loss.dtype)
+        return outputs
 
     @torch.no_grad()
     def generate(
