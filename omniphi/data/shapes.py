@@ -12,6 +12,7 @@ spoken versions of every question.
                                        fields question_type, question, answer, heldout, scene
     DIR/spoken/<key>.wav               (with --speak) each question spoken, varied voice/rate
     DIR/train_spoken.json, ...         first question is "<image>\\n<audio>", "audio": wav path
+    DIR/train_asr.jsonl, ...           (with --speak) ASR manifest: each spoken question and its text
     DIR/metadata.json                  seed, n, vocabulary, held-out pairs, split sizes
 
 Scene rules keep every question unambiguous: within one image all shapes differ, all colours
@@ -44,7 +45,7 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from omniphi.data.llava import LlavaDataset
+from omniphi.data.llava import AUDIO_TOKEN as AUDIO_PLACEHOLDER, LlavaDataset
 
 GENERATOR_VERSION = 1
 
@@ -301,7 +302,19 @@ OWN_FILES = (
     "captions.json", "captions_val.json", "captions_test.json",
     "train.json", "val.json", "test.json",
     "train_spoken.json", "val_spoken.json", "test_spoken.json", "metadata.json",
+    "train_asr.jsonl", "val_asr.jsonl", "test_asr.jsonl",
+    "train_dialogues.json", "val_dialogues.json", "test_dialogues.json",
 )
+
+
+def _write_asr_manifest(path: Path, spoken: Sequence[dict[str, Any]]) -> None:
+    """The spoken questions as an ASR manifest (audio → the question's text): for training the
+    native audio path to hear the questions, and for the Whisper WER of the spoken questions."""
+    lines = [json.dumps({"id": r["id"], "audio": r["audio"], "text": r["question"]}, ensure_ascii=False)
+             for r in spoken]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def _prepare_out(out: Path) -> None:
@@ -402,6 +415,7 @@ def generate_shapes(
         for split in ("train", "val", "test"):
             records, _ = spoken_records(qa[split], speaker, out / "spoken", relative_to=out, jobs=jobs)
             _dump(out / f"{split}_spoken.json", records)
+            _write_asr_manifest(out / f"{split}_asr.jsonl", records)
         spoken_info = {"command": speaker.command, "voices": speaker.voices, "rates": speaker.rates, "seed": speaker.seed}
 
     metadata = {
@@ -424,6 +438,46 @@ def generate_shapes(
     }
     _dump(out / "metadata.json", metadata)
     return metadata
+
+
+def write_dialogues(root: str | os.PathLike, split: str = "train", spoken_fraction: float = 0.5, seed: int = 0,
+                    system_prompts: Sequence[str | None] = (None,)) -> Path:
+    """Each image's questions as one multi-turn LLaVA record, each question typed or (with
+    probability ``spoken_fraction``, seeded per question) spoken: ``{split}_dialogues.json``.
+    Why: the image tokens and the system prompt are then paid for once per image instead of once
+    per question, and a dialogue mixes both ways of asking, as a user of the chat would.
+    Each dialogue gets one of ``system_prompts`` (None: none, so the chat template's default),
+    so that a model trained on them also answers under the system prompt a server sets."""
+    root = Path(root)
+    typed = json.loads((root / f"{split}.json").read_text(encoding="utf-8"))
+    spoken_path = root / f"{split}_spoken.json"
+    spoken = {r["id"]: r for r in json.loads(spoken_path.read_text(encoding="utf-8"))} if spoken_path.is_file() else {}
+    if spoken_fraction > 0 and not spoken:
+        raise FileNotFoundError(f"{spoken_path} is missing: write the dataset with spoken questions (--speak)")
+    by_image: dict[str, list[dict]] = {}
+    for record in typed:
+        by_image.setdefault(record["image"], []).append(record)
+    out = []
+    for image, records in by_image.items():
+        turns, audio = [], []
+        for k, record in enumerate(records):
+            prefix = "<image>\n" if k == 0 else ""
+            if random.Random(f"shapes-dialogue:{seed}:{record['id']}").random() < spoken_fraction:
+                turns.append({"from": "human", "value": prefix + AUDIO_PLACEHOLDER})
+                audio.append(spoken[record["id"]]["audio"])
+            else:
+                turns.append({"from": "human", "value": prefix + record["question"]})
+            turns.append({"from": "gpt", "value": _answer_text(record["answer"])})
+        system = random.Random(f"shapes-system:{seed}:{image}").choice(list(system_prompts))
+        if system is not None:
+            turns.insert(0, {"from": "system", "value": system})
+        dialogue = {"id": records[0]["id"].rsplit("-", 1)[0], "image": image, "conversations": turns}
+        if audio:
+            dialogue["audio"] = audio
+        out.append(dialogue)
+    path = root / f"{split}_dialogues.json"
+    _dump(path, out)
+    return path
 
 
 # --------------------------------------------------------------------------- reading back

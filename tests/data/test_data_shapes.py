@@ -166,10 +166,54 @@ def test_spoken_questions(tmp_path):
     assert len(voices) > 1
     ds = load_shapes(root, "train", spoken=True)
     assert [p["type"] for p in ds[0]["messages"][0]["content"]] == ["image", "audio"]
+    # The ASR manifest: each spoken question's clip and its text.
+    manifest = [json.loads(line) for line in (root / "train_asr.jsonl").read_text().splitlines()]
+    spoken_train = load(root, "train_spoken.json")
+    assert [(m["id"], m["audio"], m["text"]) for m in manifest] == [(s["id"], s["audio"], s["question"]) for s in spoken_train]
     # Same seed again (TTS cache warm): identical spoken JSON and WAV bytes.
     again = tmp_path / "again"
     generate_shapes(again, n=10, seed=3, image_size=64, questions_per_image=2, speaker=speaker)
     assert digest(again) == digest(root)
+    check_dialogues(root)
+
+
+def check_dialogues(root: Path) -> None:
+    """write_dialogues: one record per image, its questions in order, each typed or spoken, with
+    the answers of the question records; system prompts drawn from the given ones."""
+    from omniphi.data.shapes import write_dialogues
+
+    path = write_dialogues(root, "train", spoken_fraction=0.5, seed=1, system_prompts=(None, "Be brief."))
+    dialogues = json.loads(path.read_text())
+    typed = load(root, "train.json")
+    spoken = {s["id"]: s for s in load(root, "train_spoken.json")}
+    assert len(dialogues) == len({r["image"] for r in typed})
+    kinds, systems = set(), set()
+    for dialogue in dialogues:
+        questions = [r for r in typed if r["image"] == dialogue["image"]]
+        turns = dialogue["conversations"]
+        if turns[0]["from"] == "system":
+            systems.add(turns.pop(0)["value"])
+        else:
+            systems.add(None)
+        assert [t["from"] for t in turns] == ["human", "gpt"] * len(questions)
+        audio = iter(dialogue.get("audio", []))
+        for k, q in enumerate(questions):
+            asked = turns[2 * k]["value"].removeprefix("<image>\n" if k == 0 else "")
+            assert turns[2 * k]["value"].startswith("<image>\n") == (k == 0)
+            if asked == "<audio>":
+                assert next(audio) == spoken[q["id"]]["audio"]
+                kinds.add("spoken")
+            else:
+                assert asked == q["question"]
+                kinds.add("typed")
+            assert turns[2 * k + 1] == q["conversations"][1]
+        assert next(audio, None) is None  # as many clips as <audio> placeholders
+    assert kinds == {"spoken", "typed"} and systems == {None, "Be brief."}
+    records = load_shapes(root, "train")  # the loader reads them as conversations
+    from omniphi.data.llava import LlavaDataset
+
+    sample = LlavaDataset(path, image_folder=root, audio_folder=root)[0]
+    assert sample["messages"][-1]["role"] == "assistant" and len(records) >= len(dialogues)
 
 
 def test_cli_shapes_and_errors(tmp_path, capsys):
