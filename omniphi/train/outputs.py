@@ -222,3 +222,66 @@ def _load_trained(directory: Path, dtype: torch.dtype, name: str | None, merge: 
         model.language_model = peft_model.merge_and_unload() if merge else peft_model
     model.eval()
     return presets.LoadedModel(model, loaded.processor, loaded.transcriber, name or f"omniphi-{directory.name}")
+
+
+# -- re-basing a chain of stages --------------------------------------------------------------------------
+def flatten_trained(directory: str | Path, out: str | Path) -> dict:
+    """Write the training output `directory` again as one output on the preset at the root of its
+    chain of stages (stage 3 on stage 2's output on stage 1's on a preset): the adapter, and every
+    non-LoRA weight any stage trained, with their final values. Shipping a model then needs no
+    intermediate run directories (the committed starter weights are made this way).
+
+    Only one stage of the chain may carry a LoRA adapter (adapters of two stages would have to be
+    merged into the LLM first, and the result would no longer be small)."""
+    import shutil
+
+    from omniphi import presets
+
+    directory, out = Path(directory), Path(out)
+    chain = []  # (directory, meta), last stage first
+    current = directory
+    while True:
+        meta = read_meta(current)
+        chain.append((current, meta))
+        base = resolve_base(meta, current)
+        if base in presets.PRESETS:
+            break
+        if not is_training_output(base):
+            raise TrainedOutputError(f"{current}: its base {base} is a model directory, not a preset or a training output")
+        current = Path(base)
+    if any(m.get("quantization") for _, m in chain) or any(m.get("init") == "scratch" for _, m in chain):
+        raise TrainedOutputError(f"{directory}: QLoRA or scratch-LLM stages cannot be flattened onto the preset")
+    adapters = [d for d, m in chain if m.get("has_adapter")]
+    if len(adapters) > 1:
+        raise TrainedOutputError(f"{directory}: stages {', '.join(map(str, adapters))} each have a LoRA adapter")
+    root_meta = chain[-1][1]
+    names = sorted({n for _, m in chain for n in m.get("non_lora_trainables", [])})
+
+    loaded = load_trained(directory, merge=False)
+    params = dict(loaded.model.named_parameters())
+    weights = {n: params[n].detach().to("cpu").contiguous() for n in names}
+
+    out.mkdir(parents=True, exist_ok=True)
+    if adapters:
+        shutil.rmtree(out / ADAPTER_DIR, ignore_errors=True)
+        shutil.copytree(adapters[0] / ADAPTER_DIR, out / ADAPTER_DIR)
+    if weights:
+        save_file(weights, str(out / TRAINABLES_FILE), metadata={"format": "pt"})
+    last = chain[0][1]
+    meta = {
+        "base": root_meta["base"],
+        "base_fingerprint": root_meta.get("base_fingerprint"),
+        "stage": last.get("stage"),
+        "stages": [m.get("recipe_name") or m.get("stage") for _, m in reversed(chain)],
+        "init": "pretrained",
+        "quantization": None,
+        "lora": next((m["lora"] for _, m in chain if m.get("has_adapter")), None),
+        "train_modules": sorted({t for _, m in chain for t in m.get("train_modules", [])}),
+        "recipe_name": last.get("recipe_name"),
+        "eval": last.get("eval", {}),
+        "format_version": FORMAT_VERSION,
+        "has_adapter": bool(adapters),
+        "non_lora_trainables": names,
+    }
+    (out / MARKER).write_text(json.dumps(meta, indent=2, default=str) + "\n")
+    return meta

@@ -112,3 +112,40 @@ def test_output_whose_base_leads_back_to_itself(qlora_run, tmp_path):
     (loop / "omniphi_trained.json").write_text(json.dumps(meta))
     with pytest.raises(TrainedOutputError, match="leads back to itself"):
         presets.load(str(loop))
+
+
+def test_flatten_rebases_a_chain_of_stages_onto_the_preset(tmp_path, shapes):
+    """align (projectors + vision tower) → instruct (LoRA + projectors), flattened: one output on
+    "tiny" that gives the chain's logits, whose weights are the last values of every trained module."""
+    from omniphi.train.outputs import flatten_trained, read_meta
+
+    align, instruct, flat = tmp_path / "align", tmp_path / "instruct", tmp_path / "flat"
+    train(make_recipe("align", align, [{"format": "llava_plain", "path": str(shapes / "captions.json")}],
+                      train_modules=["multi_modal_projector", "vision_tower"], training={"max_steps": 2}))
+    train(make_recipe("instruct", instruct, [{"format": "llava", "path": str(shapes / "train.json")}],
+                      model={"base": str(align)}, lora={"r": 4, "alpha": 8, "dropout": 0.0},
+                      training={"max_steps": 2, "learning_rate": 5e-3}))
+    meta = flatten_trained(instruct, flat)
+
+    assert meta["base"] == "tiny" and read_meta(flat)["base"] == "tiny"
+    assert len(meta["stages"]) == 2
+    assert any(n.startswith("vision_tower.") for n in meta["non_lora_trainables"])  # from the align stage
+    assert any(n.startswith("audio_projector.") for n in meta["non_lora_trainables"])  # from instruct
+    processor = presets.load("tiny").processor
+    chained = logits(presets.load(str(instruct)).model, processor)
+    flattened = logits(presets.load(str(flat)).model, processor)
+    torch.testing.assert_close(flattened, chained, atol=1e-5, rtol=1e-5)
+    base = logits(presets.load("tiny").model, processor)
+    assert (base - flattened).abs().max() > 1e-3  # the flattened weights are not the base's
+
+
+def test_flatten_refuses_two_adapters(tmp_path, shapes):
+    from omniphi.train.outputs import flatten_trained
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    data = [{"format": "llava", "path": str(shapes / "train.json")}]
+    train(make_recipe("instruct", first, data, lora={"r": 4, "alpha": 8}, training={"max_steps": 1}))
+    train(make_recipe("instruct", second, data, model={"base": str(first)}, lora={"r": 4, "alpha": 8},
+                      training={"max_steps": 1}))
+    with pytest.raises(TrainedOutputError, match="each have a LoRA adapter"):
+        flatten_trained(second, tmp_path / "flat")
