@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: setup test test-fast serve system-deps starter clean
+.PHONY: setup test test-fast serve system-deps starter starter-eval clean
 
 setup: $(STAMP)
 
@@ -34,6 +34,16 @@ test-fast: setup
 
 serve: setup
 	HF_HUB_OFFLINE=1 $(VENV)/bin/omniphi serve --model starter --host $(HOST) --port $(PORT)
+
+# Train the starter model's weights (vision tower, projectors, LoRA) from the packaged parts and install
+# them in omniphi/starter_weights: data → vision tower → align → instruct → package (omniphi/starter/build.py).
+# Needs espeak-ng (make system-deps). A re-run continues where an interrupted one stopped.
+starter: setup
+	HF_HUB_OFFLINE=1 $(PY) -m omniphi.starter.build --install
+
+# The numbers in the README's "Starter model" section (omniphi eval on the held-out test split).
+starter-eval: setup
+	HF_HUB_OFFLINE=1 bash scripts/starter-eval.sh
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache test-artifacts

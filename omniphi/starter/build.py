@@ -1,0 +1,160 @@
+"""`make starter`: build the starter model's trained weights from nothing but the packaged parts.
+
+    python -m omniphi.starter.build [--install] [--fresh]
+
+1. data      `omniphi data shapes --out data/starter-shapes --n 4000 --seed 0 --val-frac 0.075
+             --test-frac 0.075`, questions spoken by espeak-ng in 12 voices × 8 speaking rates; then
+             each training image's three questions as one dialogue, each question typed or spoken
+             (train_dialogues.json: the image and system prompt are paid for once per three answers)
+2. vision    the vision tower learns the scenes (omniphi/starter/vision.py) → runs/starter/vision
+3. align     recipes/starter-align.yaml → runs/starter/align
+4. instruct  recipes/starter-instruct.yaml → runs/starter/instruct
+5. package   the chain of stages flattened onto the "starter-base" preset → runs/starter/weights,
+             and with --install copied to omniphi/starter_weights (what the "starter" preset loads)
+
+Each finished step is kept and skipped on a re-run (delete runs/starter, or --fresh, to redo all),
+so an interrupted build continues where it stopped. Step times go to runs/starter/timings.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+DATA = Path("data/starter-shapes")
+WORK = Path("runs/starter")
+DATA_N = 4000
+DATA_SEED = 0
+HELD_OUT_FRACTION = 0.075  # each of val and test: 300 images, 900 questions
+
+
+def _data_ready(root: Path) -> bool:
+    meta = root / "metadata.json"
+    if not meta.is_file():
+        return False
+    info = json.loads(meta.read_text())
+    return info.get("n") == DATA_N and info.get("seed") == DATA_SEED and info.get("spoken") is not None
+
+
+def step_data() -> None:
+    from omniphi.data.shapes import generate_shapes, write_dialogues
+    from omniphi.data.tts import Speaker
+    from omniphi.serve.app import ServeConfig
+
+    if not _data_ready(DATA):
+        generate_shapes(DATA, n=DATA_N, seed=DATA_SEED, val_frac=HELD_OUT_FRACTION, test_frac=HELD_OUT_FRACTION,
+                        speaker=Speaker(seed=DATA_SEED), jobs=2)
+    # The chat template's default system prompt (the CLI, eval), the server's default (the web page)
+    # and a plain one: the served model must not depend on which one it gets.
+    system_prompts = (None, ServeConfig().system_prompt, "You are a helpful assistant.")
+    for split in ("train", "val"):
+        write_dialogues(DATA, split, spoken_fraction=0.5, seed=DATA_SEED, system_prompts=system_prompts)
+
+
+def step_vision() -> None:
+    from omniphi.starter.vision import pretrain_vision
+    from omniphi.train.outputs import is_training_output
+
+    if not is_training_output(WORK / "vision"):
+        pretrain_vision(DATA, WORK / "vision", base="starter-base")
+
+
+def step_recipe(name: str) -> None:
+    from omniphi.train.outputs import is_training_output
+    from omniphi.train.recipe import load_recipe
+    from omniphi.train.run import run_training
+
+    recipe = load_recipe(REPO / "recipes" / f"{name}.yaml")
+    if is_training_output(recipe.training.output_dir):
+        return
+    resume = bool(list(Path(recipe.training.output_dir).glob("checkpoint-*")))
+    run_training(recipe, resume=resume or None)
+
+
+def step_package(install: bool) -> None:
+    from omniphi.presets import STARTER_WEIGHTS_DIR
+    from omniphi.train.outputs import flatten_trained
+
+    weights = WORK / "weights"
+    shutil.rmtree(weights, ignore_errors=True)
+    flatten_trained(WORK / "instruct", weights)
+    size = sum(p.stat().st_size for p in weights.rglob("*") if p.is_file())
+    print(f"[package] {weights}: {size / 2**20:.1f} MiB", file=sys.stderr)
+    if install:
+        shutil.rmtree(STARTER_WEIGHTS_DIR, ignore_errors=True)
+        shutil.copytree(weights, STARTER_WEIGHTS_DIR)
+        export_fixture()
+        print(f"[package] installed in {STARTER_WEIGHTS_DIR}; test questions in {FIXTURE}", file=sys.stderr)
+
+
+FIXTURE = REPO / "tests" / "fixtures" / "starter-shapes"
+FIXTURE_IMAGES = 8
+
+
+def export_fixture(root: Path = DATA, out: Path = FIXTURE, n_images: int = FIXTURE_IMAGES) -> None:
+    """A few held-out test images with their questions (typed and spoken) for the tests of the
+    committed weights, plus one picture with a circle and the spoken "What colour is the circle?"."""
+    records = json.loads((root / "test.json").read_text())
+    spoken = {r["id"]: r for r in json.loads((root / "test_spoken.json").read_text())}
+    images = list(dict.fromkeys(r["image"] for r in records))[:n_images]
+    shutil.rmtree(out, ignore_errors=True)
+    (out / "images").mkdir(parents=True)
+    (out / "spoken").mkdir()
+    chosen = []
+    for record in records:
+        if record["image"] not in images:
+            continue
+        audio = spoken[record["id"]]["audio"]
+        shutil.copy(root / record["image"], out / record["image"])
+        shutil.copy(root / audio, out / "spoken" / Path(audio).name)
+        chosen.append({k: record[k] for k in ("id", "image", "question", "answer", "question_type", "heldout", "scene")}
+                      | {"audio": f"spoken/{Path(audio).name}"})
+    circle = next(r for r in records if r["question"] == "What colour is the circle?")
+    circle_audio = next(r for r in spoken.values() if r["spoken_text"] == "What colour is the circle?")
+    shutil.copy(root / circle["image"], out / "circle.png")
+    shutil.copy(root / circle_audio["audio"], out / "what-colour-is-the-circle.wav")
+    fixture = {"questions": chosen, "circle": {"image": "circle.png", "audio": "what-colour-is-the-circle.wav",
+                                                "answer": circle["answer"]}}
+    (out / "questions.json").write_text(json.dumps(fixture, indent=1) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m omniphi.starter.build", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--install", action="store_true", help="copy the result to omniphi/starter_weights")
+    parser.add_argument("--fresh", action="store_true", help="delete runs/starter first (the data is kept)")
+    args = parser.parse_args(argv)
+    if Path.cwd().resolve() != REPO:
+        parser.error(f"run from the repository root ({REPO}): the recipes use paths relative to it")
+    if args.fresh:
+        shutil.rmtree(WORK, ignore_errors=True)
+    WORK.mkdir(parents=True, exist_ok=True)
+    timings_path = WORK / "timings.json"
+    timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
+    steps = [
+        ("data", step_data),
+        ("vision", step_vision),
+        ("align", lambda: step_recipe("starter-align")),
+        ("instruct", lambda: step_recipe("starter-instruct")),
+        ("package", lambda: step_package(args.install)),
+    ]
+    started = time.monotonic()
+    for name, step in steps:
+        t0 = time.monotonic()
+        print(f"[starter] {name} ...", file=sys.stderr)
+        step()
+        seconds = time.monotonic() - t0
+        if seconds > 1 or name not in timings:  # a skipped step keeps the time it took when it ran
+            timings[name] = round(seconds, 1)
+        timings_path.write_text(json.dumps(timings, indent=2) + "\n")
+        print(f"[starter] {name} done in {seconds:.0f} s", file=sys.stderr)
+    print(f"[starter] all steps in {time.monotonic() - started:.0f} s this run; step times {timings}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
