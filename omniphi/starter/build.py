@@ -68,12 +68,13 @@ def step_recipe(name: str) -> None:
     from omniphi.train.outputs import is_training_output
     from omniphi.train.recipe import load_recipe
     from omniphi.train.run import run_training
+    from omniphi.train.trainer import last_checkpoint
 
     recipe = load_recipe(REPO / "recipes" / f"{name}.yaml")
     if is_training_output(recipe.training.output_dir):
         return
-    resume = bool(list(Path(recipe.training.output_dir).glob("checkpoint-*")))
-    run_training(recipe, resume=resume or None)
+    interrupted = last_checkpoint(recipe.training.output_dir) is not None
+    run_training(recipe, resume=True if interrupted else None)
 
 
 def step_package(install: bool) -> None:

@@ -145,17 +145,20 @@ def drawn_scenes(n: int, seed: int, image_size: int) -> list[tuple[Image.Image, 
     return out
 
 
+def _stacked_targets(scenes: list[list[dict]], grid: int) -> dict[str, torch.Tensor]:
+    per_scene = [scene_targets(scene, grid) for scene in scenes]
+    return {group: torch.stack([t[group] for t in per_scene]) for group in WORDS}
+
+
 def _tensors(items, processor, grid: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    pixels, targets = [], {group: [] for group in WORDS}
-    for source, scene in items:
+    pixels = []
+    for source, _ in items:
         if isinstance(source, Image.Image):
             pixels.append(processor.preprocess_image(source))
         else:
             with Image.open(source) as image:
                 pixels.append(processor.preprocess_image(image))
-        for key, value in scene_targets(scene, grid).items():
-            targets[key].append(value)
-    return torch.stack(pixels), {k: torch.stack(v) for k, v in targets.items()}
+    return torch.stack(pixels), _stacked_targets([scene for _, scene in items], grid)
 
 
 def _loss(logits: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -225,8 +228,7 @@ def pretrain_vision(shapes_dir: str | Path, output_dir: str | Path, base: str = 
         settings.extra_scenes, dataset_meta["seed"], dataset_meta["image_size"])
     train_pixels, train_targets = _tensors(train_items, processor, grid)
     # Half of each batch is seen mirrored (targets precomputed for both): twice the scenes for free.
-    mirror_targets = {k: torch.stack([scene_targets(mirrored(sc), grid)[k] for _, sc in train_items])
-                      for k in train_targets}
+    mirror_targets = _stacked_targets([mirrored(scene) for _, scene in train_items], grid)
     val_pixels, val_targets = _tensors(read_scenes(shapes_dir, "val"), processor, grid)
     print(f"[vision] {len(train_pixels)} training images ({settings.extra_scenes} drawn for this stage), "
           f"{len(val_pixels)} validation; "

@@ -255,11 +255,12 @@ def flatten_trained(directory: str | Path, out: str | Path) -> dict:
     if len(adapters) > 1:
         raise TrainedOutputError(f"{directory}: stages {', '.join(map(str, adapters))} each have a LoRA adapter")
     root_meta = chain[-1][1]
-    names = sorted({n for _, m in chain for n in m.get("non_lora_trainables", [])})
-
-    loaded = load_trained(directory, merge=False)
-    params = dict(loaded.model.named_parameters())
-    weights = {n: params[n].detach().to("cpu").contiguous() for n in names}
+    # Each stage's file holds what that stage trained; a later stage's value of a weight wins.
+    weights: dict[str, torch.Tensor] = {}
+    for stage_dir, meta in reversed(chain):
+        if meta.get("non_lora_trainables"):
+            weights.update(load_file(str(stage_dir / TRAINABLES_FILE)))
+    names = sorted(weights)
 
     out.mkdir(parents=True, exist_ok=True)
     if adapters:
