@@ -23,8 +23,8 @@ $(STAMP): requirements.txt pyproject.toml
 
 # Debian packages the tests and data tools use (run as root, e.g. in CI).
 system-deps:
-	@command -v chromium >/dev/null && command -v espeak-ng >/dev/null && command -v ffmpeg >/dev/null || \
-	  (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium espeak-ng ffmpeg sox)
+	@command -v chromium >/dev/null && command -v espeak-ng >/dev/null && command -v flite >/dev/null && command -v ffmpeg >/dev/null || \
+	  (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium espeak-ng flite ffmpeg sox)
 
 test: setup
 	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -q -ra

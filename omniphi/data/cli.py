@@ -49,15 +49,18 @@ def _rates(text: str) -> list[int]:
 
 
 def _add_tts_options(p: argparse.ArgumentParser) -> None:
-    from omniphi.data.tts import DEFAULT_COMMAND, ENGLISH_VOICES
+    from omniphi.data.tts import ENGINES
 
+    p.add_argument("--tts", choices=sorted(ENGINES), default="espeak-ng",
+                   help="TTS engine; sets the command and voices unless --tts-command/--voices are given")
     # Comma-separated rather than nargs="+", which would swallow a following positional path.
-    p.add_argument("--voices", default=",".join(ENGLISH_VOICES), metavar="V1,V2,...",
-                   help="voices to draw from (espeak-ng names; see `espeak-ng --voices=en`)")
+    p.add_argument("--voices", default=None, metavar="V1,V2,...",
+                   help="voices to draw from (default: all of the engine's English voices)")
     p.add_argument("--rates", type=_rates, default=None, metavar="LOW-HIGH|R1,R2",
                    help="speaking rates in words per minute (default 130-200, every 10)")
-    p.add_argument("--tts-command", default=DEFAULT_COMMAND,
-                   help="command template with {text} and {out} (and {voice}, {rate}); run without a shell")
+    p.add_argument("--tts-command", default=None,
+                   help="command template with {text} and {out} (and {voice}, {rate} in words per minute, "
+                        "{stretch} = 175/rate); run without a shell")
     p.add_argument("--tts-cache", default=None, metavar="DIR", help="TTS cache (default $OMNIPHI_CACHE/tts)")
     p.add_argument("--jobs", type=positive_int, default=min(4, os.cpu_count() or 1), help="parallel TTS processes")
 
@@ -111,17 +114,18 @@ def add_data_arguments(data: argparse.ArgumentParser) -> argparse.ArgumentParser
 
 
 def _speaker(args):
-    from omniphi.data.tts import DEFAULT_RATES, Speaker
+    from omniphi.data.tts import DEFAULT_RATES, ENGINES, Speaker
 
-    voices = [v.strip() for v in args.voices.split(",") if v.strip()]
+    command, engine_voices = ENGINES[args.tts]
+    voices = [v.strip() for v in args.voices.split(",") if v.strip()] if args.voices else list(engine_voices)
     try:
-        speaker = Speaker(command=args.tts_command, voices=voices, rates=args.rates or DEFAULT_RATES,
+        speaker = Speaker(command=args.tts_command or command, voices=voices, rates=args.rates or DEFAULT_RATES,
                           seed=args.seed, cache_dir=args.tts_cache)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     program = speaker.argv[0]
     if shutil.which(program) is None:
-        raise UsageError(f"TTS program not found: {program!r} (install espeak-ng, pass --tts-command, or use --no-speak)")
+        raise UsageError(f"TTS program not found: {program!r} (install it, pass another --tts or --tts-command, or use --no-speak)")
     return speaker
 
 

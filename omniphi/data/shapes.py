@@ -47,7 +47,7 @@ from PIL import Image, ImageDraw
 
 from omniphi.data.llava import AUDIO_TOKEN as AUDIO_PLACEHOLDER, LlavaDataset
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: "Is there an orange …" (was "a orange")
 
 # Well separated in hue and brightness; all readable on a pale background.
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -218,6 +218,11 @@ def _answer_text(word: str) -> str:
     return word[0].upper() + word[1:] + "."
 
 
+def _a(word: str) -> str:
+    """The indefinite article and `word` ("an orange", "a red")."""
+    return ("an " if word[0] in "aeiou" else "a ") + word
+
+
 def make_question(
     qtype: str,
     objects: Sequence[Shape],
@@ -239,7 +244,7 @@ def make_question(
         # answer needs the binding of the two, not just spotting one word.
         near = [p for p in absent if any(p[0] == o.colour or p[1] == o.shape for o in objects)]
         colour, shape = rng.choice(near if near and rng.random() < 0.5 else absent)
-        return f"Is there a {colour} {shape}?", "no", (colour, shape) in heldout
+        return f"Is there {_a(colour)} {shape}?", "no", (colour, shape) in heldout
     target = rng.choice(list(objects))
     involves = target.pair() in heldout
     if qtype == "colour":
@@ -249,7 +254,7 @@ def make_question(
     if qtype == "position":
         return f"Where is the {target.colour} {target.shape}?", target.position, involves
     if qtype == "yesno":
-        return f"Is there a {target.colour} {target.shape}?", "yes", involves
+        return f"Is there {_a(target.colour)} {target.shape}?", "yes", involves
     raise ValueError(f"unknown question type {qtype!r}")
 
 
@@ -264,7 +269,7 @@ def answer_for(qtype: str, question: str, scene: Sequence[dict[str, Any]]) -> st
     if qtype == "shape":
         colour = re.fullmatch(r"What shape is the (\w+) object\?", question).group(1)
         return next(o["shape"] for o in scene if o["colour"] == colour)
-    colour, shape = re.fullmatch(r"(?:Where is the|Is there a) (\w+) (\w+)\?", question).groups()
+    colour, shape = re.fullmatch(r"(?:Where is the|Is there an?) (\w+) (\w+)\?", question).groups()
     match = [o for o in scene if o["colour"] == colour and o["shape"] == shape]
     if qtype == "position":
         return match[0]["position"]

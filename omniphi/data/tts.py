@@ -1,8 +1,11 @@
 """Text-to-speech for synthetic spoken questions, by running an external command.
 
-The default is espeak-ng (fast, offline, in Debian); any program works whose command line can
-be written as a template with ``{text}`` and ``{out}`` (and optionally ``{voice}``, ``{rate}``)
-placeholders, e.g. ``piper --model en_US-lessac-medium.onnx --output_file {out} -- {text}``
+Two engines are known by name (both offline, in Debian): espeak-ng (many accents, robotic) and
+flite (four clearer CMU voices; Whisper tiny.en transcribes them with a few % WER where it
+mishears espeak-ng's voices a fifth of the time, measured on the shapes questions). Any program
+works whose command line can be written as a template with ``{text}`` and ``{out}`` (and
+optionally ``{voice}``, ``{rate}`` in words per minute, ``{stretch}`` = 175 / rate for programs
+that take a duration factor) placeholders, e.g. ``piper --model en_US-lessac-medium.onnx --output_file {out} -- {text}``
 (text on stdin is not supported). The template is split with ``shlex`` once and each argument
 is formatted separately and run without a shell, so the text is always a single argument and
 quotes or ``$(...)`` in it mean nothing.
@@ -34,6 +37,7 @@ from omniphi.data.llava import AUDIO_TOKEN, _PLACEHOLDER
 
 # "--" ends espeak-ng's options, so a question starting with "-" is not read as one.
 DEFAULT_COMMAND = "espeak-ng -v {voice} -s {rate} -w {out} -- {text}"
+FLITE_COMMAND = "flite -voice {voice} --setf duration_stretch={stretch} -o {out} -t {text}"
 
 # English espeak-ng voices that exist in Debian's espeak-ng 1.51 (checked with
 # `espeak-ng --voices=en` and by synthesising with each; the mbrola ones need extra packages).
@@ -52,6 +56,14 @@ ENGLISH_VOICES = (
     "en-us+f4",
     "en-gb+m5",
 )
+# flite's built-in English voices: US female (slt), US male (rms), Scottish male (awb), US male
+# diphone (kal16).
+FLITE_VOICES = ("slt", "rms", "awb", "kal16")
+# Engine name → (command template, its voices).
+ENGINES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "espeak-ng": (DEFAULT_COMMAND, ENGLISH_VOICES),
+    "flite": (FLITE_COMMAND, FLITE_VOICES),
+}
 # Words per minute; espeak-ng's default is 175.
 DEFAULT_RATES = tuple(range(130, 201, 10))
 
@@ -87,7 +99,7 @@ class Speaker:
             if needed not in joined:
                 raise ValueError(f"TTS command must contain a {needed} placeholder: {command!r}")
         try:  # unknown placeholders fail now, not after an hour of data preparation
-            [a.format(text="t", out="o", voice="v", rate=1) for a in self.argv]
+            [_fill(a, text="t", out="o", voice="v", rate=175) for a in self.argv]
         except (KeyError, IndexError, ValueError) as exc:
             raise ValueError(f"bad placeholder in TTS command {command!r}: {exc}") from None
         if not voices or not rates:
@@ -136,7 +148,7 @@ class Speaker:
             raise TTSError("cannot speak an empty text")
         with tempfile.TemporaryDirectory(prefix="omniphi-tts-") as tmp:
             out = os.path.join(tmp, "out.wav")
-            argv = [a.format(text=text, out=out, voice=voice, rate=rate) for a in self.argv]
+            argv = [_fill(a, text=text, out=out, voice=voice, rate=rate) for a in self.argv]
             try:
                 proc = subprocess.run(argv, capture_output=True, timeout=self.timeout, stdin=subprocess.DEVNULL)
             except FileNotFoundError:
@@ -172,6 +184,10 @@ class Speaker:
     def _pick(self, text, voice, rate, key) -> tuple[str, int]:
         chosen_voice, chosen_rate = self.choose(key if key is not None else _clean(text))
         return voice or chosen_voice, int(rate or chosen_rate)
+
+
+def _fill(template: str, text: str, out: str, voice: str, rate: int) -> str:
+    return template.format(text=text, out=out, voice=voice, rate=rate, stretch=f"{175 / rate:.3f}")
 
 
 def _clean(text: str) -> str:

@@ -85,6 +85,7 @@ def test_answers_follow_from_the_scene(shapes_dir):
             for key in ("colour", "shape", "position"):
                 assert len({o[key] for o in scene}) == len(scene)  # unambiguous questions
             assert answer_for(r["question_type"], r["question"], scene) == r["answer"]
+            assert " a orange" not in r["question"] and " an red" not in r["question"]  # English articles
             human, gpt = r["conversations"]
             assert human == {"from": "human", "value": "<image>\n" + r["question"]}
             assert gpt["value"] == r["answer"].capitalize() + "."
@@ -240,3 +241,12 @@ def test_cli_shapes_and_errors(tmp_path, capsys):
     assert main(["data", "shapes", "--out", str(tmp_path / "x"), "--n", "2", "--tts-command", "nope-tts {out} {text}",
                  "--tts-cache", str(tmp_path / "tts")]) == 2
     assert "TTS program not found" in capsys.readouterr().err
+    # --tts picks the engine's command and voices; --voices still overrides them.
+    from omniphi.data.cli import _speaker
+    from omniphi.data.tts import FLITE_COMMAND, FLITE_VOICES
+    from types import SimpleNamespace
+    args = SimpleNamespace(tts="flite", voices=None, tts_command=None, rates=None, seed=0, tts_cache=str(tmp_path / "tts"))
+    speaker = _speaker(args)  # needs flite on PATH (`make system-deps`)
+    assert speaker.command == FLITE_COMMAND and speaker.voices == list(FLITE_VOICES)
+    args.voices = "slt"
+    assert _speaker(args).voices == ["slt"]

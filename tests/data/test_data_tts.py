@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from omniphi.data.llava import LlavaDataset
-from omniphi.data.tts import ENGLISH_VOICES, Speaker, TTSError, spoken_conversations, spoken_records
+from omniphi.data.tts import ENGLISH_VOICES, FLITE_COMMAND, FLITE_VOICES, Speaker, TTSError, spoken_conversations, spoken_records
 
 # Stand-in TTS program: stdlib only (starts in ~20 ms), logs its arguments, writes a 22.05 kHz
 # tone whose length is proportional to the text, so resampling to 16 kHz can be checked.
@@ -23,6 +23,7 @@ with wave.open(out, "wb") as w:
 '''
 
 needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed")
+needs_flite = pytest.mark.skipif(shutil.which("flite") is None, reason="flite not installed")
 
 
 @pytest.fixture
@@ -97,6 +98,32 @@ def test_espeak_voices_exist_and_speak(tmp_path):
     assert len(slow) > 1.2 * len(fast)
     # A leading dash is text, not an option (the default template ends options with "--").
     assert len(speaker.speak("-5 degrees", voice="en-us", rate=180)) > 8000
+
+
+def test_stretch_placeholder_is_the_duration_factor_of_the_rate(tmp_path):
+    log = tmp_path / "args.txt"
+    script = tmp_path / "tts.py"
+    script.write_text("import sys, shutil\nopen(sys.argv[3], 'w').write(sys.argv[2])\n")
+    # The "program" records {stretch} and fails to write audio, which is all this test needs.
+    speaker = Speaker(command=f"{sys.executable} -S {script} {{out}} {{stretch}} {log} {{text}}", cache_dir=tmp_path)
+    with pytest.raises(TTSError, match="wrote no audio"):
+        speaker.speak("hi", voice="v", rate=140)
+    assert log.read_text() == "1.250"  # 175 wpm / 140 wpm: slower speech, longer durations
+
+
+@needs_flite
+def test_flite_voices_exist_and_speak(tmp_path):
+    speaker = Speaker(FLITE_COMMAND, FLITE_VOICES, cache_dir=tmp_path)
+    lengths = set()
+    for voice in FLITE_VOICES:
+        audio = speaker.speak("Is there an orange triangle?", voice=voice, rate=175)
+        assert 0.5 < len(audio) / 16000 < 4.0 and np.abs(audio).max() > 0.05
+        lengths.add(len(audio))
+    assert len(lengths) == len(FLITE_VOICES)  # voices differ
+    slow = speaker.speak("Is there an orange triangle?", voice="slt", rate=130)
+    fast = speaker.speak("Is there an orange triangle?", voice="slt", rate=200)
+    assert len(slow) > 1.3 * len(fast)
+    assert len(speaker.speak("-5 degrees", voice="rms", rate=175)) > 8000  # -t takes it as text
 
 
 def test_spoken_conversations_replace_first_question(fake, fixtures):
