@@ -70,6 +70,7 @@ def assemble(
     chat_template_name: str = "auto",
     image_mean=None,
     image_std=None,
+    vision_feature_layer: int = -2,
     seed: int = 0,
 ) -> tuple[OmniForConditionalGeneration, OmniProcessor]:
     """Put pretrained parts together; only the projectors start random (seeded).
@@ -93,6 +94,7 @@ def assemble(
         ),
         image_mean=image_mean,
         image_std=image_std,
+        vision_feature_layer=vision_feature_layer,
     )
     # Build the shell on the meta device (no memory, no random init of a 2.7B LLM), then put the
     # real parts in and create the projectors for real.
@@ -189,7 +191,10 @@ def load_starter_base(dtype: torch.dtype = torch.float32) -> LoadedModel:
     whisper, whisper_processor = load_starter_whisper(dtype=dtype)
     torch.manual_seed(0)
     vision_tower = CLIPVisionModel(STARTER_VISION).to(dtype)
-    model, processor = assemble(language_model, tokenizer, vision_tower=vision_tower, whisper=whisper)
+    # The last layer (not LLaVA's −2): this tower is trained for exactly what the LLM reads, and
+    # CLIP computes all four layers either way.
+    model, processor = assemble(language_model, tokenizer, vision_tower=vision_tower, whisper=whisper,
+                                vision_feature_layer=-1)
     return LoadedModel(model, processor, _transcriber(whisper, whisper_processor), "omniphi-starter-base")
 
 

@@ -6,18 +6,23 @@ offline), and a pass through the 135M LLM costs ~0.5 s per sample on two CPU cor
 stages see only a few thousand samples in `make starter`'s hour. A first build that left all
 seeing to them reached 49 % on the test questions (count 100 %, position 21 %): the LLM could not
 learn in 175 steps to find an object among 25 image tokens it had never seen the like of. Here,
-without the LLM (~100× cheaper per image), the scene labels the data already has go in directly:
+without the LLM (~100× cheaper per image), the scene labels the data already has go in directly.
 
-* the image token of each region's patch (left, right, top, bottom, centre each own one patch of
-  the starter's 5 × 5 grid) is trained, after the projector, to point at the LLM's input
-  embeddings of the words for the object there ("red", "hexagon", or "empty") and of its place
-  ("left"): a cosine softmax over each group's words;
-* every image token points at the word for the number of objects ("two").
+The 25 image tokens are trained to *read like a caption*: row r of the 5 × 5 grid describes the
+r-th region in reading order (top, left, centre, right, bottom), one word per token::
 
-So the LLM meets image tokens that resemble words it knows ("red hexagon left"), and its existing
-circuits for matching and copying words do most of the work of answering. Colour and shape are
-separate targets, so held-out (colour, shape) pairs work too. The projector stays the standard
-mlp2x_gelu (export to llava-hf is unaffected); only its starting point is better.
+    top red hexagon two ,  left empty empty two ,  centre blue circle two ,  ...
+
+Each token, after the projector, is pulled onto SmolLM2's input embedding of its word (cosine
+alignment, plus a cosine softmax against the other words of its group so the words stay apart,
+plus a norm penalty so it is as long as a word embedding). The tower's attention moves each
+region's look into its row. A second build that instead put all of a region's words on the one
+token over its patch ("red + hexagon + left" superposed) reached 65 %: the LLM had to pull a
+colour out of a mixture. As separate words in a fixed order, answering is reading: "What colour
+is the hexagon?" asks for the word before "hexagon", which the LLM's existing circuits for
+matching and copying words do. Colour and shape are separate targets, so held-out (colour,
+shape) pairs work too. The projector stays the standard mlp2x_gelu (export to llava-hf is
+unaffected); only its starting point is better.
 
 The output is a training output (`omniphi_trained.json` + the tower's and projector's weights) on
 the base model, so the next stage's recipe names it as its `model.base` like any other stage.
@@ -37,21 +42,19 @@ import torch
 from PIL import Image
 from torch import nn
 
-from omniphi.data.shapes import COLOURS, NUMBER_WORDS, POSITIONS, SHAPES
+from omniphi.data.shapes import CAPTION_ORDER, COLOURS, NUMBER_WORDS, POSITIONS, SHAPES
 
-NONE = "none"
-COLOUR_CLASSES = (NONE, *COLOURS)
-SHAPE_CLASSES = (NONE, *SHAPES)
-POSITION_CLASSES = tuple(POSITIONS)
-COUNT_CLASSES = tuple(sorted(NUMBER_WORDS))  # 1, 2, 3
 IGNORE = -100
 # The words each group of targets points at ("empty" stands for no object in the region).
 WORDS = {
     "colour": ("empty", *COLOURS),
     "shape": ("empty", *SHAPES),
-    "position": POSITION_CLASSES,
-    "count": tuple(NUMBER_WORDS[n] for n in COUNT_CLASSES),
+    "position": tuple(POSITIONS),
+    "count": tuple(NUMBER_WORDS[n] for n in sorted(NUMBER_WORDS)),
+    "separator": (",",),
 }
+# One row of the token grid per region; the group each token of a row names.
+ROW_SLOTS = ("position", "colour", "shape", "count", "separator")
 NORM_WEIGHT = 0.1
 
 
@@ -69,8 +72,8 @@ class VisionPretrainSettings:
 
 
 class WordHead(nn.Module):
-    """Cosine logits of the projected image tokens against the LLM's embeddings of each group's
-    words (frozen: a copy), with a learned temperature as in CLIP."""
+    """Cosines of the projected image tokens to the LLM's embeddings of each group's words (frozen:
+    a copy); `log_scale` is the learned temperature of their softmax, as in CLIP."""
 
     def __init__(self, language_model, tokenizer):
         super().__init__()
@@ -82,38 +85,55 @@ class WordHead(nn.Module):
         self.log_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
 
     def forward(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+        """group → [batch, tokens, words of the group] cosines."""
         unit = nn.functional.normalize(tokens.float(), dim=-1)
+        return {group: unit @ getattr(self, group).T for group in WORDS}
+
+    def loss(self, cosines: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Per group, over the tokens that name it: softmax cross-entropy (the right word beats the
+        group's others) + 1 − cosine to the right word (the token *is* that word, as the LLM reads it)."""
         scale = self.log_scale.exp().clamp(max=100)
-        return {group: scale * unit @ getattr(self, group).T for group in WORDS}
+        total = 0.0
+        for group, cos in cosines.items():
+            named = targets[group] != IGNORE
+            cos, target = cos[named], targets[group][named]
+            total = total + nn.functional.cross_entropy(scale * cos, target)
+            total = total + (1 - cos.gather(1, target[:, None])).mean()
+        return total
 
     def norm_penalty(self, tokens: torch.Tensor) -> torch.Tensor:
         """Keeps image tokens about as long as word embeddings (the LLM's layers expect that scale)."""
         return (tokens.float().norm(dim=-1) / self.typical_norm).log().pow(2).mean()
 
 
-def region_patches(grid: int) -> dict[str, int]:
-    """Token index (row-major, as CLIP flattens its patch grid) of the patch holding each region's
-    centre. The regions must fall in distinct patches, or one token would describe two objects."""
-    patches = {name: int(y * grid) * grid + int(x * grid) for name, (x, y) in POSITIONS.items()}
-    if len(set(patches.values())) != len(patches):
-        raise ValueError(f"a {grid}×{grid} patch grid puts two shapes regions in one patch; use a grid of 5 or more")
-    return patches
+def token_layout(grid: int) -> dict[tuple[str, str], int]:
+    """(region, group) → token index (row-major, as CLIP flattens its patch grid): row r of the
+    first len(CAPTION_ORDER) rows describes region CAPTION_ORDER[r], one ROW_SLOTS word per token."""
+    if grid < len(ROW_SLOTS):
+        raise ValueError(f"a {grid}×{grid} patch grid has too few tokens per row for the caption layout; "
+                         f"use a grid of {len(ROW_SLOTS)} or more")
+    return {(region, group): row * grid + column
+            for row, region in enumerate(CAPTION_ORDER) for column, group in enumerate(ROW_SLOTS)}
 
 
 def scene_targets(scene: list[dict], grid: int) -> dict[str, torch.Tensor]:
-    """Per-token class ids for one image (IGNORE where a token has no attribute target)."""
-    tokens = grid * grid
-    colour = torch.full((tokens,), IGNORE, dtype=torch.long)
-    shape = torch.full((tokens,), IGNORE, dtype=torch.long)
-    position = torch.full((tokens,), IGNORE, dtype=torch.long)
+    """Per-token class ids for one image, per group (IGNORE where a token names another group)."""
+    targets = {group: torch.full((grid * grid,), IGNORE, dtype=torch.long) for group in WORDS}
     by_region = {o["position"]: o for o in scene}
-    for region, index in region_patches(grid).items():
+    for (region, group), index in token_layout(grid).items():
         obj = by_region.get(region)
-        colour[index] = COLOUR_CLASSES.index(obj["colour"] if obj else NONE)
-        shape[index] = SHAPE_CLASSES.index(obj["shape"] if obj else NONE)
-        position[index] = POSITION_CLASSES.index(region)
-    count = torch.full((tokens,), COUNT_CLASSES.index(len(scene)), dtype=torch.long)
-    return {"colour": colour, "shape": shape, "position": position, "count": count}
+        if group == "colour":
+            word = obj["colour"] if obj else "empty"
+        elif group == "shape":
+            word = obj["shape"] if obj else "empty"
+        elif group == "position":
+            word = region
+        elif group == "count":
+            word = NUMBER_WORDS[len(scene)]
+        else:
+            word = ","
+        targets[group][index] = WORDS[group].index(word)
+    return targets
 
 
 def mirrored(scene: list[dict]) -> list[dict]:
@@ -161,40 +181,46 @@ def _tensors(items, processor, grid: int) -> tuple[torch.Tensor, dict[str, torch
     return torch.stack(pixels), _stacked_targets([scene for _, scene in items], grid)
 
 
-def _loss(logits: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]) -> torch.Tensor:
-    ce = nn.functional.cross_entropy
-    return sum(ce(logits[k].flatten(0, 1), targets[k].flatten(), ignore_index=IGNORE) for k in logits)
-
-
 @torch.no_grad()
 def scene_accuracy(model, head: WordHead, pixels: torch.Tensor, targets: dict[str, torch.Tensor],
                    batch_size: int = 128) -> dict[str, float]:
     """Colour and shape accuracy over the regions that hold an object, "empty" over the regions
-    that do not (both predicted "empty"), position over all region tokens, count over images, and
-    "scene": colours, shapes and count of one image all right."""
+    that do not (both words "empty"), position over all regions, count over images (the count
+    tokens' average vote), "scene": colours, shapes and count of one image all right, and
+    "cosine": the mean cosine of the named tokens to their word (1 = the word's own direction)."""
+    grid = math.isqrt(targets["colour"].shape[1])
+    layout = token_layout(grid)
+    colour_at = [layout[(region, "colour")] for region in CAPTION_ORDER]
+    shape_at = [layout[(region, "shape")] for region in CAPTION_ORDER]
     right = {"colour": 0, "shape": 0, "empty": 0, "position": 0, "count": 0, "scene": 0}
-    regions = targets["colour"][0] != IGNORE
-    colour_targets = targets["colour"][:, regions]
-    occupied = colour_targets != COLOUR_CLASSES.index(NONE)
+    cosine_sum, named = 0.0, 0
+    occupied = targets["colour"][:, colour_at] != WORDS["colour"].index("empty")
     for start in range(0, len(pixels), batch_size):
-        logits = head(model.get_image_features(pixels[start:start + batch_size]))
+        cosines = head(model.get_image_features(pixels[start:start + batch_size]))
         batch = {k: v[start:start + batch_size] for k, v in targets.items()}
         here = occupied[start:start + batch_size]
-        colour_ok = (logits["colour"].argmax(-1) == batch["colour"])[:, regions]
-        shape_ok = (logits["shape"].argmax(-1) == batch["shape"])[:, regions]
-        # Count: the image's answer is the tokens' average vote.
-        count_ok = logits["count"].softmax(-1).mean(1).argmax(-1) == batch["count"][:, 0]
+        said = {group: cos.argmax(-1) for group, cos in cosines.items()}
+        colour_ok = (said["colour"] == batch["colour"])[:, colour_at]
+        shape_ok = (said["shape"] == batch["shape"])[:, shape_at]
+        counted = batch["count"] != IGNORE
+        votes = (cosines["count"].softmax(-1) * counted[..., None]).sum(1)
+        count_ok = votes.argmax(-1) == batch["count"].max(1).values
+        placed = batch["position"] != IGNORE
         right["colour"] += int(colour_ok[here].sum())
         right["shape"] += int(shape_ok[here].sum())
         right["empty"] += int((colour_ok & shape_ok)[~here].sum())
-        right["position"] += int((logits["position"].argmax(-1) == batch["position"])[:, regions].sum())
+        right["position"] += int((said["position"] == batch["position"])[placed].sum())
         right["count"] += int(count_ok.sum())
         right["scene"] += int((colour_ok.all(1) & shape_ok.all(1) & count_ok).sum())
+        for group, cos in cosines.items():
+            mask = batch[group] != IGNORE
+            cosine_sum += float(cos[mask].gather(1, batch[group][mask][:, None]).sum())
+            named += int(mask.sum())
     n, objects = len(pixels), int(occupied.sum())
     return {"colour": right["colour"] / objects, "shape": right["shape"] / objects,
             "empty": right["empty"] / max(1, occupied.numel() - objects),
             "position": right["position"] / occupied.numel(),
-            "count": right["count"] / n, "scene": right["scene"] / n}
+            "count": right["count"] / n, "scene": right["scene"] / n, "cosine": cosine_sum / named}
 
 
 def pretrain_vision(shapes_dir: str | Path, output_dir: str | Path, base: str = "starter-base",
@@ -251,7 +277,7 @@ def pretrain_vision(shapes_dir: str | Path, output_dir: str | Path, base: str = 
             pixels = torch.where(flip[:, None, None, None], train_pixels[batch].flip(-1), train_pixels[batch])
             targets = {k: torch.where(flip[:, None], mirror_targets[k][batch], v[batch]) for k, v in train_targets.items()}
             tokens = model.get_image_features(pixels)
-            loss = _loss(head(tokens), targets) + NORM_WEIGHT * head.norm_penalty(tokens)
+            loss = head.loss(head(tokens), targets) + NORM_WEIGHT * head.norm_penalty(tokens)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)

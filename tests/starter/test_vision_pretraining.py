@@ -7,35 +7,39 @@ import torch
 
 from omniphi.data.shapes import POSITIONS, heldout_pairs
 from omniphi.starter.vision import (
-    COLOUR_CLASSES, COUNT_CLASSES, IGNORE, POSITION_CLASSES, SHAPE_CLASSES, VisionPretrainSettings, drawn_scenes, mirrored,
-    pretrain_vision, region_patches, scene_targets,
+    IGNORE, WORDS, VisionPretrainSettings, drawn_scenes, mirrored, pretrain_vision, scene_targets, token_layout,
 )
 
 SCENE = [{"shape": "star", "colour": "red", "position": "left"},
          {"shape": "circle", "colour": "blue", "position": "top"}]
 
 
-def test_each_region_owns_one_patch_of_the_starters_grid():
-    patches = region_patches(5)
-    # Row-major token order: top is row 0, column 2; left is row 2, column 0.
-    assert patches == {"left": 10, "right": 14, "top": 2, "bottom": 22, "centre": 12}
-    with pytest.raises(ValueError, match="two shapes regions in one patch"):
-        region_patches(2)
+def test_each_row_of_the_grid_describes_one_region_in_reading_order():
+    layout = token_layout(5)
+    # Row-major token order: row 0 is "top", row 1 "left", ... one word per token.
+    assert [layout[("top", g)] for g in ("position", "colour", "shape", "count", "separator")] == [0, 1, 2, 3, 4]
+    assert layout[("left", "colour")] == 6 and layout[("bottom", "shape")] == 22
+    assert sorted(layout.values()) == list(range(25))  # every token has a word, none has two
+    assert token_layout(6)[("left", "position")] == 6  # wider grids: the extra tokens are left free
+    with pytest.raises(ValueError, match="too few tokens per row"):
+        token_layout(4)
 
 
-def test_scene_targets_name_each_regions_object_and_the_count():
+def word_at(targets, group, index):
+    return WORDS[group][targets[group][index]]
+
+
+def test_scene_targets_read_like_a_caption():
     targets = scene_targets(SCENE, 5)
-    patches = region_patches(5)
-    assert COLOUR_CLASSES[targets["colour"][patches["left"]]] == "red"
-    assert SHAPE_CLASSES[targets["shape"][patches["left"]]] == "star"
-    assert SHAPE_CLASSES[targets["shape"][patches["top"]]] == "circle"
-    assert SHAPE_CLASSES[targets["shape"][patches["centre"]]] == "none"
-    others = [i for i in range(25) if i not in patches.values()]
-    assert (targets["colour"][others] == IGNORE).all()  # only region patches have attribute targets
-    assert (targets["count"] == COUNT_CLASSES.index(2)).all()  # every token knows the count
-    assert POSITION_CLASSES[targets["position"][patches["bottom"]]] == "bottom"
-
-
+    layout = token_layout(5)
+    caption = []
+    for index in range(25):
+        named = [g for g in WORDS if targets[g][index] != IGNORE]
+        assert len(named) == 1  # each token names exactly one word
+        caption.append(word_at(targets, named[0], index))
+    assert " ".join(caption) == ("top blue circle two , left red star two , centre empty empty two , "
+                                 "right empty empty two , bottom empty empty two ,")
+    assert targets["colour"][layout[("top", "shape")]] == IGNORE
 def test_mirrored_scene_swaps_left_and_right_only():
     flipped = mirrored(SCENE + [{"shape": "square", "colour": "green", "position": "right"}])
     assert [o["position"] for o in flipped] == ["right", "top", "left"]
@@ -57,7 +61,7 @@ def test_pretraining_writes_a_training_output_with_the_tower_and_projector(tmp_p
 
     out = tmp_path / "vision"
     accuracy = pretrain_vision(shapes_small, out, settings=VisionPretrainSettings(epochs=1, extra_scenes=16, batch_size=16))
-    assert set(accuracy) == {"colour", "shape", "empty", "position", "count", "scene"}
+    assert set(accuracy) == {"colour", "shape", "empty", "position", "count", "scene", "cosine"}
     meta = read_meta(out)
     assert meta["base"] == "starter-base" and meta["stage"] == "vision"
     assert meta["non_lora_trainables"] and all(n.split(".")[0] in ("vision_tower", "multi_modal_projector")
