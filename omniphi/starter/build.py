@@ -3,13 +3,18 @@
     python -m omniphi.starter.build [--install] [--fresh]
 
 1. data      `omniphi data shapes --out data/starter-shapes --n 4000 --seed 0 --val-frac 0.075
-             --test-frac 0.075`, questions spoken by espeak-ng in 12 voices × 8 speaking rates; then
+             --test-frac 0.075 --tts flite`, questions spoken by flite in 4 voices × 8 speaking rates
+             (espeak-ng's voices cost Whisper tiny.en ~25 % WER, flite's ~5 %); then
              each training image's three questions as one dialogue, each question typed or spoken
              (train_dialogues.json: the image and system prompt are paid for once per three answers)
-2. vision    the vision tower learns the scenes (omniphi/starter/vision.py) → runs/starter/vision
-3. align     recipes/starter-align.yaml → runs/starter/align
-4. instruct  recipes/starter-instruct.yaml → runs/starter/instruct
-5. package   the chain of stages flattened onto the "starter-base" preset → runs/starter/weights,
+2. replay    the untrained SmolLM2's own answers to general questions and its own prose
+             (omniphi/starter/replay.py) → data/starter-replay, mixed into step 5 so the LoRA keeps
+             what SmolLM2 knew
+3. vision    the vision tower learns to write each picture as a caption in SmolLM2's word space
+             (omniphi/starter/vision.py) → runs/starter/vision
+4. align     recipes/starter-align.yaml → runs/starter/align
+5. instruct  recipes/starter-instruct.yaml → runs/starter/instruct
+6. package   the chain of stages flattened onto the "starter-base" preset → runs/starter/weights,
              and with --install copied to omniphi/starter_weights (what the "starter" preset loads)
 
 Each finished step is kept and skipped on a re-run (delete runs/starter, or --fresh, to redo all),
@@ -25,8 +30,12 @@ import sys
 import time
 from pathlib import Path
 
+from omniphi.data.shapes import GENERATOR_VERSION
+from omniphi.data.tts import FLITE_COMMAND, FLITE_VOICES, Speaker
+
 REPO = Path(__file__).resolve().parents[2]
 DATA = Path("data/starter-shapes")
+REPLAY = Path("data/starter-replay")
 WORK = Path("runs/starter")
 DATA_N = 4000
 DATA_SEED = 0
@@ -38,33 +47,52 @@ def _data_ready(root: Path) -> bool:
     if not meta.is_file():
         return False
     info = json.loads(meta.read_text())
-    return info.get("n") == DATA_N and info.get("seed") == DATA_SEED and info.get("spoken") is not None
+    spoken = info.get("spoken") or {}
+    return (info.get("n") == DATA_N and info.get("seed") == DATA_SEED and info.get("version") == GENERATOR_VERSION
+            and spoken.get("command") == FLITE_COMMAND)
 
 
-def step_data() -> None:
-    from omniphi.data.shapes import generate_shapes, write_dialogues
-    from omniphi.data.tts import Speaker
+# The chat template's default system prompt (the CLI, eval), the server's default (the web page)
+# and a plain one: the served model must not depend on which one it gets.
+def _system_prompts() -> tuple[str | None, ...]:
     from omniphi.serve.app import ServeConfig
 
-    if not _data_ready(DATA):
-        generate_shapes(DATA, n=DATA_N, seed=DATA_SEED, val_frac=HELD_OUT_FRACTION, test_frac=HELD_OUT_FRACTION,
-                        speaker=Speaker(seed=DATA_SEED), jobs=2)
-    # The chat template's default system prompt (the CLI, eval), the server's default (the web page)
-    # and a plain one: the served model must not depend on which one it gets.
-    system_prompts = (None, ServeConfig().system_prompt, "You are a helpful assistant.")
+    return (None, ServeConfig().system_prompt, "You are a helpful assistant.")
+
+
+def step_data() -> bool:
+    from omniphi.data.shapes import generate_shapes, write_dialogues
+
+    if _data_ready(DATA):
+        return False
+    generate_shapes(DATA, n=DATA_N, seed=DATA_SEED, val_frac=HELD_OUT_FRACTION, test_frac=HELD_OUT_FRACTION,
+                    speaker=Speaker(FLITE_COMMAND, FLITE_VOICES, seed=DATA_SEED), jobs=2)
     for split in ("train", "val"):
-        write_dialogues(DATA, split, spoken_fraction=0.5, seed=DATA_SEED, system_prompts=system_prompts)
+        write_dialogues(DATA, split, spoken_fraction=0.5, seed=DATA_SEED, system_prompts=_system_prompts())
+    return True
 
 
-def step_vision() -> None:
+def step_replay() -> bool:
+    from omniphi.starter.replay import write_replay
+
+    if (REPLAY / "text.jsonl").is_file():
+        return False
+    counts = write_replay(REPLAY, system_prompts=_system_prompts(), seed=DATA_SEED)
+    print(f"[replay] {counts}", file=sys.stderr)
+    return True
+
+
+def step_vision() -> bool:
     from omniphi.starter.vision import pretrain_vision
     from omniphi.train.outputs import is_training_output
 
-    if not is_training_output(WORK / "vision"):
-        pretrain_vision(DATA, WORK / "vision", base="starter-base")
+    if is_training_output(WORK / "vision"):
+        return False
+    pretrain_vision(DATA, WORK / "vision", base="starter-base")
+    return True
 
 
-def step_recipe(name: str) -> None:
+def step_recipe(name: str) -> bool:
     from omniphi.train.outputs import is_training_output
     from omniphi.train.recipe import load_recipe
     from omniphi.train.run import run_training
@@ -72,12 +100,13 @@ def step_recipe(name: str) -> None:
 
     recipe = load_recipe(REPO / "recipes" / f"{name}.yaml")
     if is_training_output(recipe.training.output_dir):
-        return
+        return False
     interrupted = last_checkpoint(recipe.training.output_dir) is not None
     run_training(recipe, resume=True if interrupted else None)
+    return True
 
 
-def step_package(install: bool) -> None:
+def step_package(install: bool) -> bool:
     from omniphi.presets import STARTER_WEIGHTS_DIR
     from omniphi.train.outputs import flatten_trained
 
@@ -91,6 +120,7 @@ def step_package(install: bool) -> None:
         shutil.copytree(weights, STARTER_WEIGHTS_DIR)
         export_fixture()
         print(f"[package] installed in {STARTER_WEIGHTS_DIR}; test questions in {FIXTURE}", file=sys.stderr)
+    return True
 
 
 FIXTURE = REPO / "tests" / "fixtures" / "starter-shapes"
@@ -138,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
     steps = [
         ("data", step_data),
+        ("replay", step_replay),
         ("vision", step_vision),
         ("align", lambda: step_recipe("starter-align")),
         ("instruct", lambda: step_recipe("starter-instruct")),

@@ -1,0 +1,170 @@
+"""Replay data for the starter's instruct stage: what the untrained SmolLM2 itself says, so that
+learning to answer questions about shapes does not cost it what it already knew.
+
+Why: the first starter build trained its LoRA on shapes dialogues only. Its perplexity on general
+text rose by half (24.8 → 37.7) and it answered "How many legs does a spider have?" with "One.",
+a shapes answer. The standard cure is rehearsal: mix text of the old kind into the new training.
+No general corpus ships offline, so the old model writes it (self-distillation, as in
+"self-synthesised rehearsal"): samples of the base LLM are, by construction, text it already
+predicts well, and training on them pulls the adapter back toward the base wherever the shapes
+data does not pull elsewhere.
+
+Two files, both read by the recipe like any other data (recipes/starter-instruct.yaml takes the
+first 40 answers and 24 texts, about a quarter of its trained tokens; more replay starved the
+shapes answers of loss):
+
+* ``chat.json`` (LLaVA format, no media): the base model's greedy answers to general questions
+  (GENERAL_QUESTIONS; none is a question of the qa fixture), under the same system prompts as the
+  shapes dialogues: keeps its chat behaviour.
+* ``text.jsonl`` (``{"id", "text"}``): plain text it samples from short openings: keeps its
+  distribution over ordinary prose, which is what perplexity measures.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+GENERAL_QUESTIONS = (
+    "What is the largest planet in the solar system?",
+    "Who wrote the play Romeo and Juliet?",
+    "What is the boiling point of water in Celsius?",
+    "How many days are there in a leap year?",
+    "What is the capital of Japan?",
+    "What is the capital of Italy?",
+    "What is the capital of Canada?",
+    "Which ocean is the largest?",
+    "What gas do plants take in from the air?",
+    "What is the chemical symbol for gold?",
+    "How many continents are there?",
+    "What is the tallest mountain in the world?",
+    "Who painted the Mona Lisa?",
+    "What is the square root of 81?",
+    "What is 12 times 12?",
+    "What is the freezing point of water in Fahrenheit?",
+    "Which planet is known as the Red Planet?",
+    "What language is spoken in Brazil?",
+    "How many sides does a hexagon have?",
+    "What do bees make?",
+    "What is the longest river in Africa?",
+    "Who was the first person to walk on the Moon?",
+    "What is the main ingredient of guacamole?",
+    "How many hours are there in a week?",
+    "What is photosynthesis?",
+    "Explain what a noun is.",
+    "What is the difference between weather and climate?",
+    "Why do leaves change colour in autumn?",
+    "How does a rainbow form?",
+    "What causes the seasons on Earth?",
+    "Give me three tips for sleeping better.",
+    "Write a short poem about the sea.",
+    "Suggest a name for a pet cat.",
+    "How do I boil an egg?",
+    "What is a good way to learn a new language?",
+    "Summarize the story of Cinderella in two sentences.",
+    "What is the opposite of 'ancient'?",
+    "Translate 'thank you' into French.",
+    "What is a prime number?",
+    "Is a tomato a fruit or a vegetable?",
+    "What is the speed of light?",
+    "How many bones are in the adult human body?",
+    "What is the largest mammal?",
+    "What does a thermometer measure?",
+    "What is the currency of the United Kingdom?",
+    "Name three primary colours.",
+    "What are the three states of matter?",
+    "How many minutes are in an hour?",
+    "What is the smallest prime number?",
+    "What is an island?",
+    "Why is exercise good for you?",
+    "What is the purpose of a bridge?",
+    "Describe a cat in one sentence.",
+    "What do you call a baby dog?",
+    "What is gravity?",
+    "How many players are on a football team?",
+    "What instrument has black and white keys?",
+    "What is the capital of Germany?",
+    "What is the capital of Spain?",
+    "Who discovered penicillin?",
+    "What is the hardest natural substance?",
+    "What is the main language of Australia?",
+    "How many strings does a violin have?",
+    "What is a volcano?",
+    "What is the hottest planet?",
+    "Tell me a fun fact about octopuses.",
+    "What should I pack for a day at the beach?",
+    "How do you make a cup of tea?",
+    "What is the difference between a lake and a sea?",
+    "Why do we need to drink water?",
+    "What is a computer?",
+    "What does DNA stand for?",
+    "What is the plural of 'mouse'?",
+    "Write one sentence about autumn.",
+    "Give an example of a mammal that can fly.",
+    "What is 100 divided by 4?",
+    "What year did World War II end?",
+    "Who invented the telephone?",
+    "What is the largest desert in the world?",
+    "How many wheels does a bicycle have?",
+)
+
+TEXT_OPENINGS = (
+    "The history of", "In the morning,", "Scientists have found that", "Once upon a time,",
+    "The city was", "Most people think", "One of the most important", "The weather in",
+    "When I was young,", "The best way to", "Music has", "In the middle of the forest,",
+    "The new school", "Every year,", "The old man", "It is well known that", "The river",
+    "Cooking at home", "The first computers", "Children often", "The ocean", "A good book",
+    "The small village", "During the winter,", "The market", "Travelling by train",
+    "Many animals", "The garden", "In the year 1900,", "The museum",
+)
+
+
+def write_replay(out_dir: str | Path, base: str = "starter-base", system_prompts: Sequence[str | None] = (None,),
+                 text_samples: int = 240, text_tokens: int = 96, answer_tokens: int = 96, seed: int = 0,
+                 batch_size: int = 16) -> dict[str, int]:
+    """Write ``chat.json`` and ``text.jsonl`` from `base`'s LLM into `out_dir`; returns counts."""
+    from omniphi.assistant import Assistant
+    from omniphi.eval.runner import generate_answers
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    assistant = Assistant.load(base)
+    rng = random.Random(f"starter-replay:{seed}")
+    systems = [rng.choice(list(system_prompts)) for _ in GENERAL_QUESTIONS]
+
+    conversations = []
+    for question, system in zip(GENERAL_QUESTIONS, systems):
+        messages = [{"role": "system", "content": [{"type": "text", "text": system}]}] if system else []
+        conversations.append(messages + [{"role": "user", "content": [{"type": "text", "text": question}]}])
+    answers = []
+    for start in range(0, len(conversations), batch_size):
+        answers += generate_answers(assistant, conversations[start:start + batch_size], answer_tokens)
+    chat = []
+    for i, (question, system, answer) in enumerate(zip(GENERAL_QUESTIONS, systems, answers)):
+        if not answer:
+            continue
+        turns = [{"from": "system", "value": system}] if system else []
+        turns += [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]
+        chat.append({"id": f"replay-chat-{i:03d}", "conversations": turns})
+    (out_dir / "chat.json").write_text(json.dumps(chat, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+
+    # Plain text: sampled at temperature 1 (the model's own distribution, which perplexity scores).
+    lm, tokenizer = assistant.model.language_model, assistant.processor.tokenizer
+    torch.manual_seed(seed)
+    texts = []
+    openings = [TEXT_OPENINGS[i % len(TEXT_OPENINGS)] for i in range(text_samples)]
+    tokenizer.padding_side = "left"
+    for start in range(0, len(openings), batch_size):
+        batch = tokenizer(openings[start:start + batch_size], return_tensors="pt", padding=True)
+        with torch.inference_mode():
+            out = lm.generate(**batch, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
+                              max_new_tokens=text_tokens, pad_token_id=tokenizer.pad_token_id)
+        texts += tokenizer.batch_decode(out, skip_special_tokens=True)
+    with open(out_dir / "text.jsonl", "w", encoding="utf-8") as f:
+        for i, text in enumerate(texts):
+            f.write(json.dumps({"id": f"replay-text-{i:03d}", "text": text.strip()}, ensure_ascii=False) + "\n")
+    return {"chat": len(chat), "text": len(texts)}
