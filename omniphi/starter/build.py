@@ -49,7 +49,8 @@ def _data_ready(root: Path) -> bool:
     info = json.loads(meta.read_text())
     spoken = info.get("spoken") or {}
     return (info.get("n") == DATA_N and info.get("seed") == DATA_SEED and info.get("version") == GENERATOR_VERSION
-            and spoken.get("command") == FLITE_COMMAND)
+            and spoken.get("command") == FLITE_COMMAND and (root / "train_dialogues.json").is_file()
+            and (root / "val_dialogues.json").is_file())
 
 
 # The chat template's default system prompt (the CLI, eval), the server's default (the web page)
@@ -178,10 +179,12 @@ def main(argv: list[str] | None = None) -> int:
     for name, step in steps:
         t0 = time.monotonic()
         print(f"[starter] {name} ...", file=sys.stderr)
-        step()
+        ran = step()
         seconds = time.monotonic() - t0
-        if seconds > 1 or name not in timings:  # a skipped step keeps the time it took when it ran
-            timings[name] = round(seconds, 1)
+        if not ran:  # a skipped step keeps the time it took when it ran
+            print(f"[starter] {name} already done", file=sys.stderr)
+            continue
+        timings[name] = round(seconds, 1)
         timings_path.write_text(json.dumps(timings, indent=2) + "\n")
         print(f"[starter] {name} done in {seconds:.0f} s", file=sys.stderr)
     print(f"[starter] all steps in {time.monotonic() - started:.0f} s this run; step times {timings}", file=sys.stderr)
