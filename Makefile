@@ -36,8 +36,8 @@ serve: setup
 	HF_HUB_OFFLINE=1 $(VENV)/bin/omniphi serve --model starter --host $(HOST) --port $(PORT)
 
 # Train the starter model's weights (vision tower, projectors, LoRA) from the packaged parts and install
-# them in omniphi/starter_weights: data → vision tower → align → instruct → package (omniphi/starter/build.py).
-# Needs espeak-ng (make system-deps). A re-run continues where an interrupted one stopped.
+# them in omniphi/starter_weights: data → replay → vision tower → align → instruct → package
+# (omniphi/starter/build.py). Needs flite (make system-deps). A re-run continues where an interrupted one stopped.
 starter: setup
 	HF_HUB_OFFLINE=1 $(PY) -m omniphi.starter.build --install
 
