@@ -9,9 +9,9 @@ No general corpus ships offline, so the old model writes it (self-distillation, 
 predicts well, and training on them pulls the adapter back toward the base wherever the shapes
 data does not pull elsewhere.
 
-Two files, both read by the recipe like any other data (recipes/starter-instruct.yaml takes the
-first 40 answers and 24 texts, about a quarter of its trained tokens; more replay starved the
-shapes answers of loss):
+Two files, both read by the recipe like any other data. Their size is the mix: 40 answers and 24
+texts are about a quarter of recipes/starter-instruct.yaml's trained tokens (a first try with 80
+answers and 240 texts made replay two thirds of them and starved the shapes answers of loss):
 
 * ``chat.json`` (LLaVA format, no media): the base model's greedy answers to general questions
   (GENERAL_QUESTIONS; none is a question of the qa fixture), under the same system prompts as the
@@ -70,46 +70,6 @@ GENERAL_QUESTIONS = (
     "Translate 'thank you' into French.",
     "What is a prime number?",
     "Is a tomato a fruit or a vegetable?",
-    "What is the speed of light?",
-    "How many bones are in the adult human body?",
-    "What is the largest mammal?",
-    "What does a thermometer measure?",
-    "What is the currency of the United Kingdom?",
-    "Name three primary colours.",
-    "What are the three states of matter?",
-    "How many minutes are in an hour?",
-    "What is the smallest prime number?",
-    "What is an island?",
-    "Why is exercise good for you?",
-    "What is the purpose of a bridge?",
-    "Describe a cat in one sentence.",
-    "What do you call a baby dog?",
-    "What is gravity?",
-    "How many players are on a football team?",
-    "What instrument has black and white keys?",
-    "What is the capital of Germany?",
-    "What is the capital of Spain?",
-    "Who discovered penicillin?",
-    "What is the hardest natural substance?",
-    "What is the main language of Australia?",
-    "How many strings does a violin have?",
-    "What is a volcano?",
-    "What is the hottest planet?",
-    "Tell me a fun fact about octopuses.",
-    "What should I pack for a day at the beach?",
-    "How do you make a cup of tea?",
-    "What is the difference between a lake and a sea?",
-    "Why do we need to drink water?",
-    "What is a computer?",
-    "What does DNA stand for?",
-    "What is the plural of 'mouse'?",
-    "Write one sentence about autumn.",
-    "Give an example of a mammal that can fly.",
-    "What is 100 divided by 4?",
-    "What year did World War II end?",
-    "Who invented the telephone?",
-    "What is the largest desert in the world?",
-    "How many wheels does a bicycle have?",
 )
 
 TEXT_OPENINGS = (
@@ -124,9 +84,10 @@ TEXT_OPENINGS = (
 
 
 def write_replay(out_dir: str | Path, base: str = "starter-base", system_prompts: Sequence[str | None] = (None,),
-                 text_samples: int = 240, text_tokens: int = 96, answer_tokens: int = 96, seed: int = 0,
+                 text_samples: int = 24, text_tokens: int = 96, answer_tokens: int = 96, seed: int = 0,
                  batch_size: int = 16) -> dict[str, int]:
-    """Write ``chat.json`` and ``text.jsonl`` from `base`'s LLM into `out_dir`; returns counts."""
+    """Write ``chat.json`` and ``text.jsonl`` (answers to all GENERAL_QUESTIONS, `text_samples` texts)
+    from `base`'s LLM into `out_dir`, and ``metadata.json`` with what made them; returns counts."""
     from omniphi.assistant import Assistant
     from omniphi.eval.runner import generate_answers
 
@@ -167,4 +128,16 @@ def write_replay(out_dir: str | Path, base: str = "starter-base", system_prompts
     with open(out_dir / "text.jsonl", "w", encoding="utf-8") as f:
         for i, text in enumerate(texts):
             f.write(json.dumps({"id": f"replay-text-{i:03d}", "text": text.strip()}, ensure_ascii=False) + "\n")
-    return {"chat": len(chat), "text": len(texts)}
+    counts = {"chat": len(chat), "text": len(texts)}
+    settings = replay_settings(base, system_prompts, text_samples, text_tokens, answer_tokens, seed)
+    (out_dir / "metadata.json").write_text(json.dumps({**settings, **counts}, indent=1) + "\n", encoding="utf-8")
+    return counts
+
+
+def replay_settings(base: str = "starter-base", system_prompts: Sequence[str | None] = (None,),
+                    text_samples: int = 24, text_tokens: int = 96, answer_tokens: int = 96,
+                    seed: int = 0) -> dict:
+    """What a replay directory was made from (its metadata.json), so a build can tell a stale one."""
+    return {"base": base, "questions": list(GENERAL_QUESTIONS), "system_prompts": list(system_prompts),
+            "text_openings": list(TEXT_OPENINGS), "text_samples": text_samples, "text_tokens": text_tokens,
+            "answer_tokens": answer_tokens, "seed": seed}
