@@ -77,10 +77,11 @@ def step_replay() -> bool:
     from omniphi.starter.replay import replay_settings, write_replay
 
     meta = REPLAY / "metadata.json"
-    wanted = replay_settings(system_prompts=_system_prompts(), seed=DATA_SEED)
+    prompts = _system_prompts()
+    wanted = replay_settings(system_prompts=prompts, seed=DATA_SEED)
     if meta.is_file() and {k: v for k, v in json.loads(meta.read_text()).items() if k in wanted} == wanted:
         return False
-    counts = write_replay(REPLAY, system_prompts=_system_prompts(), seed=DATA_SEED)
+    counts = write_replay(REPLAY, system_prompts=prompts, seed=DATA_SEED)
     print(f"[replay] {counts}", file=sys.stderr)
     return True
 

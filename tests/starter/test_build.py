@@ -33,3 +33,24 @@ def test_skipped_steps_keep_their_recorded_time(monkeypatch, tmp_path):
     assert build.main([]) == 0
     assert json.loads(timings_path.read_text())["vision"] == 804.0
     assert ran.count("vision") == 2 and ran.count("starter-instruct") == 2
+
+
+def test_replay_is_redone_when_its_settings_change(monkeypatch, tmp_path):
+    from omniphi.starter import replay
+
+    monkeypatch.setattr(build, "REPLAY", tmp_path / "replay")
+    writes = []
+
+    def fake_write(out, system_prompts, seed):  # what write_replay leaves behind, without the LLM
+        writes.append(out)
+        out.mkdir(parents=True, exist_ok=True)
+        settings = replay.replay_settings(system_prompts=system_prompts, seed=seed)
+        (out / "metadata.json").write_text(json.dumps({**settings, "chat": 40, "text": 24}))
+        return {"chat": 40, "text": 24}
+
+    monkeypatch.setattr(replay, "write_replay", fake_write)
+    assert build.step_replay() is True
+    assert build.step_replay() is False  # same settings: kept
+    meta = tmp_path / "replay" / "metadata.json"
+    meta.write_text(json.dumps({**json.loads(meta.read_text()), "text_samples": 240}))  # an older, bigger mix
+    assert build.step_replay() is True and len(writes) == 2
