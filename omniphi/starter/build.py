@@ -8,13 +8,15 @@
              each training image's three questions as one dialogue, each question typed or spoken
              (train_dialogues.json: the image and system prompt are paid for once per three answers)
 2. replay    the untrained SmolLM2's own answers to general questions and its own prose
-             (omniphi/starter/replay.py) → data/starter-replay, mixed into step 5 so the LoRA keeps
+             (omniphi/starter/replay.py) → data/starter-replay, mixed into step 6 so the LoRA keeps
              what SmolLM2 knew
 3. vision    the vision tower learns to write each picture as a caption in SmolLM2's word space
              (omniphi/starter/vision.py) → runs/starter/vision
-4. align     recipes/starter-align.yaml → runs/starter/align
-5. instruct  recipes/starter-instruct.yaml → runs/starter/instruct
-6. package   the chain of stages flattened onto the "starter-base" preset → runs/starter/weights,
+4. audio     the audio projector learns to write each spoken question as its words in SmolLM2's
+             word space (omniphi/starter/audio.py) → runs/starter/audio
+5. align     recipes/starter-align.yaml → runs/starter/align
+6. instruct  recipes/starter-instruct.yaml → runs/starter/instruct
+7. package   the chain of stages flattened onto the "starter-base" preset → runs/starter/weights,
              and with --install copied to omniphi/starter_weights (what the "starter" preset loads)
 
 Each finished step is kept and skipped on a re-run (delete runs/starter, or --fresh, to redo all),
@@ -96,6 +98,16 @@ def step_vision() -> bool:
     return True
 
 
+def step_audio() -> bool:
+    from omniphi.starter.audio import pretrain_audio
+    from omniphi.train.outputs import is_training_output
+
+    if is_training_output(WORK / "audio"):
+        return False
+    pretrain_audio(DATA, WORK / "audio", base=str(WORK / "vision"))
+    return True
+
+
 def step_recipe(name: str) -> bool:
     from omniphi.train.outputs import is_training_output
     from omniphi.train.recipe import load_recipe
@@ -174,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         ("data", step_data),
         ("replay", step_replay),
         ("vision", step_vision),
+        ("audio", step_audio),
         ("align", lambda: step_recipe("starter-align")),
         ("instruct", lambda: step_recipe("starter-instruct")),
         ("package", lambda: step_package(args.install)),

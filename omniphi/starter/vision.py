@@ -223,6 +223,28 @@ def scene_accuracy(model, head: WordHead, pixels: torch.Tensor, targets: dict[st
             "count": right["count"] / n, "scene": right["scene"] / n, "cosine": cosine_sum / named}
 
 
+@torch.no_grad()
+def shape_accuracy_by_pair(model, head: WordHead, items, heldout: set[tuple[str, str]], processor,
+                           batch_size: int = 128) -> dict[str, float]:
+    """Shape accuracy of the tower's words over the objects of `items` (image, scene), apart for
+    objects in a held-out (colour, shape) pair and the others: whether the tower knows shapes apart
+    from their colours, which the validation split (no held-out pair) cannot show."""
+    grid = model.config.vision_config.image_size // model.config.vision_config.patch_size
+    layout = token_layout(grid)
+    right = {"heldout": 0, "seen": 0}
+    total = {"heldout": 0, "seen": 0}
+    for start in range(0, len(items), batch_size):
+        chunk = items[start:start + batch_size]
+        pixels, _ = _tensors(chunk, processor, grid)
+        said = head(model.get_image_features(pixels))["shape"].argmax(-1)
+        for row, (_, scene) in enumerate(chunk):
+            for obj in scene:
+                kind = "heldout" if (obj["colour"], obj["shape"]) in heldout else "seen"
+                total[kind] += 1
+                right[kind] += int(said[row, layout[(obj["position"], "shape")]] == WORDS["shape"].index(obj["shape"]))
+    return {kind: right[kind] / max(1, total[kind]) for kind in total}
+
+
 def pretrain_vision(shapes_dir: str | Path, output_dir: str | Path, base: str = "starter-base",
                     settings: VisionPretrainSettings | None = None) -> dict[str, float]:
     """Train `base`'s vision tower on the scenes of `shapes_dir` (train split; val for the report)
@@ -295,6 +317,14 @@ def pretrain_vision(shapes_dir: str | Path, output_dir: str | Path, base: str = 
 
     for module in trained:
         module.eval()
+    by_pair = {}
+    if (shapes_dir / "test.json").is_file():  # a report only: nothing above looked at the test split
+        from omniphi.data.shapes import heldout_pairs
+
+        by_pair = shape_accuracy_by_pair(model, head, read_scenes(shapes_dir, "test"),
+                                         set(heldout_pairs(dataset_meta["seed"])), processor)
+        print(f"[vision] test split, shape accuracy: held-out colour-shape pairs {by_pair['heldout']:.1%}, "
+              f"seen pairs {by_pair['seen']:.1%}", file=sys.stderr)
     meta = {
         **base_record(base, output_dir),
         "base_fingerprint": fingerprint,
@@ -305,7 +335,8 @@ def pretrain_vision(shapes_dir: str | Path, output_dir: str | Path, base: str = 
         "train_modules": ["vision_tower", "multi_modal_projector"],
         "recipe_name": "starter-vision",
         "settings": asdict(settings),
-        "eval": {f"val_{k}_accuracy": v for k, v in accuracy.items()},
+        "eval": {**{f"val_{k}_accuracy": v for k, v in accuracy.items()},
+                 **{f"test_{k}_shape_accuracy": v for k, v in by_pair.items()}},
     }
     save_trained(model, output_dir, meta)
     return accuracy

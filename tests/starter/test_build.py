@@ -19,14 +19,14 @@ def test_skipped_steps_keep_their_recorded_time(monkeypatch, tmp_path):
             return did_work
         return run
 
-    for name in ("data", "replay", "vision"):
+    for name in ("data", "replay", "vision", "audio"):
         monkeypatch.setattr(build, f"step_{name}", step(name, did_work=True))
     monkeypatch.setattr(build, "step_recipe", lambda recipe: step(recipe, did_work=True)())
     monkeypatch.setattr(build, "step_package", step("package", did_work=True))
     assert build.main([]) == 0
     timings_path = tmp_path / "runs" / "timings.json"
     timings = json.loads(timings_path.read_text())
-    assert list(timings) == ["data", "replay", "vision", "align", "instruct", "package"]
+    assert list(timings) == ["data", "replay", "vision", "audio", "align", "instruct", "package"]
 
     timings_path.write_text(json.dumps({**timings, "vision": 804.0}))
     monkeypatch.setattr(build, "step_vision", step("vision", did_work=False))  # already done
