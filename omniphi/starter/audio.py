@@ -9,17 +9,20 @@ its colour and shape words against the picture. The picture's tokens are word em
 omniphi/starter/vision.py), and a typed question's words match them; transcription only asks that
 the LLM can copy the audio out, not that the audio tokens look like words where they go in.
 
-Here each audio token (160 ms of Whisper frames through the projector) is classified against
-SmolLM2's whole input-embedding table by cosine, and a CTC loss over those classes spells the
+Here each audio token (160 ms of Whisper frames through the projector) is classified by cosine
+against SmolLM2's input embeddings (the questions' own words and 2,048 others; the validation reads
+against the whole table), and a CTC loss over those classes spells the
 question's tokens ("What", " colour", " is", " the", " circle", "?") in order, the CTC blank being
 the embedding of a lone space. A second term pulls every token onto the nearest of its question's
 words or the blank (the token *is* that word, as the LLM reads it), a third keeps its length that of
 a word embedding. The spoken question then reaches the LLM as roughly "What colour colour is the
 circle ?" padded with spaces: what the typed path already answers. Whisper stays frozen, so its
-frames are computed once; no LLM pass is needed (~100× cheaper per clip than the LLM stages).
+frames are computed once, and no LLM pass is needed: 2,048 clips × 3 epochs take 3 min, where the
+transcription stage takes 5 min for 640 clips seen once.
 
-The output is a training output (the projector's weights) on the stage-1 output, so the
-transcription stage's recipe names it as its `model.base`.
+With this stage the native path answers 90.7 % of the test questions (typed: 91.0 %; the README
+has the numbers). The output is a training output (the projector's weights) on the stage-1
+output, so the transcription stage's recipe names it as its `model.base`.
 """
 
 from __future__ import annotations
@@ -219,7 +222,8 @@ def pretrain_audio(shapes_dir: str | Path, output_dir: str | Path, base: str,
     train_targets, val_targets = spell(train), spell(val)
     own_words = sorted({t for target in train_targets for t in target} | {blank})
     drawn = torch.randperm(len(table.unit), generator=torch.Generator().manual_seed(settings.seed))
-    others = [t for t in drawn.tolist() if t not in set(own_words)][: settings.negatives]
+    own = set(own_words)
+    others = [t for t in drawn.tolist() if t not in own][: settings.negatives]
     classes = torch.tensor(own_words + others)
     class_of = {t: i for i, t in enumerate(classes.tolist())}
     train_classes = [[class_of[t] for t in target] for target in train_targets]
