@@ -62,6 +62,15 @@ def pad_to_square(image: Image.Image, fill: tuple[int, int, int]) -> Image.Image
     return canvas
 
 
+def pad_audio_windows(windows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-mel windows [n_mels, frames] → zero-padded [W, n_mels, longest] and their real frame counts [W]."""
+    lengths = torch.tensor([w.shape[-1] for w in windows], dtype=torch.long)
+    padded = torch.zeros(len(windows), windows[0].shape[0], int(lengths.max()))
+    for i, w in enumerate(windows):
+        padded[i, :, : w.shape[-1]] = w
+    return padded, lengths
+
+
 class OmniProcessor:
     def __init__(self, tokenizer, config: OmniConfig):
         self.tokenizer = tokenizer
@@ -248,12 +257,7 @@ class OmniProcessor:
             batch["pixel_values"] = torch.cat(pixel_values)
         windows = [w for s in samples for w in s.audio_windows]
         if windows:
-            frames = max(w.shape[-1] for w in windows)
-            audio = torch.zeros(len(windows), windows[0].shape[0], frames)
-            for i, w in enumerate(windows):
-                audio[i, :, : w.shape[-1]] = w
-            batch["audio_features"] = audio
-            batch["audio_feature_lengths"] = torch.tensor([w.shape[-1] for w in windows], dtype=torch.long)
+            batch["audio_features"], batch["audio_feature_lengths"] = pad_audio_windows(windows)
             batch["audio_clip_windows"] = torch.tensor([n for s in samples for n in s.audio_clip_windows], dtype=torch.long)
         return batch
 

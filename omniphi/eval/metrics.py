@@ -232,8 +232,8 @@ def parse_choice(text: str, choices: Sequence[str]) -> int | None:
 # --------------------------------------------------------------------------- WER
 
 
-def word_errors(reference: Sequence[str], hypothesis: Sequence[str]) -> int:
-    """Levenshtein distance in words (substitutions + deletions + insertions)."""
+def word_errors(reference: Sequence, hypothesis: Sequence) -> int:
+    """Levenshtein distance in words, or in any tokens (substitutions + deletions + insertions)."""
     previous = list(range(len(hypothesis) + 1))
     for i, ref_word in enumerate(reference, 1):
         current = [i] + [0] * len(hypothesis)

@@ -38,7 +38,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from omniphi.eval.metrics import word_errors
 from omniphi.model.audio_encoder import encode_windows, stack_frames
+from omniphi.processing import pad_audio_windows
+from omniphi.starter.word_space import WordSpace
 
 BLANK_TEXT = " "  # the CTC blank's word: what the LLM sees between the spoken words
 
@@ -63,24 +66,18 @@ class AudioPretrainSettings:
     seed: int = 0
 
 
-class WordTable(nn.Module):
-    """Cosine logits of audio tokens against the LLM's (frozen, copied) input-embedding table, with
-    a learned softmax temperature as in CLIP."""
+class WordTable(WordSpace):
+    """Cosines of audio tokens to the LLM's whole input-embedding table, or to some of its rows."""
 
     def __init__(self, language_model):
-        super().__init__()
+        super().__init__(language_model)
         table = language_model.get_input_embeddings().weight.detach().float()
         self.register_buffer("unit", nn.functional.normalize(table, dim=-1))
-        self.register_buffer("typical_norm", table.norm(dim=-1).median())
-        self.log_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
 
     def cosines(self, tokens: torch.Tensor, classes: torch.Tensor | None = None) -> torch.Tensor:
         """[..., D] → [..., V] cosines to every word, or [..., len(classes)] to those token ids."""
         unit = self.unit if classes is None else self.unit[classes]
         return nn.functional.normalize(tokens.float(), dim=-1) @ unit.T
-
-    def norm_penalty(self, tokens: torch.Tensor) -> torch.Tensor:
-        return (tokens.float().norm(dim=-1) / self.typical_norm).log().pow(2).mean()
 
 
 def read_manifest(path: Path, limit: int | None = None) -> list[dict]:
@@ -102,11 +99,7 @@ def whisper_frames(model, processor, root: Path, records: list[dict], batch_size
             if len(clip) != 1:
                 raise ValueError(f"{record['audio']}: a spoken question longer than one 30 s window")
             windows.append(clip[0])
-        lengths = torch.tensor([w.shape[-1] for w in windows])
-        mel = torch.zeros(len(windows), windows[0].shape[0], int(lengths.max()))
-        for i, w in enumerate(windows):
-            mel[i, :, : w.shape[-1]] = w
-        for frames in encode_windows(model.audio_tower, mel, lengths):
+        for frames in encode_windows(model.audio_tower, *pad_audio_windows(windows)):
             out.append(stack_frames(frames, model.config.audio_stack_factor))
     return out
 
@@ -126,8 +119,7 @@ def ctc_losses(projector, table: WordTable, frames: list[torch.Tensor], targets:
     stacked, lengths = _padded(frames)
     tokens = projector(stacked)  # [B, T, D]
     cos = table.cosines(tokens, classes)  # [B, T, C]
-    scale = table.log_scale.exp().clamp(max=100)
-    log_probs = (scale * cos).log_softmax(-1)
+    log_probs = (table.scale() * cos).log_softmax(-1)
     flat = torch.tensor([t for target in targets for t in target])
     target_lengths = torch.tensor([len(t) for t in targets])
     ctc = nn.functional.ctc_loss(log_probs.transpose(0, 1), flat, lengths, target_lengths, blank=blank,
@@ -166,21 +158,12 @@ def spelling_accuracy(projector, table: WordTable, frames, targets, blank: int, 
         for i, target in enumerate(wanted):
             said = greedy_decode(cos[i], int(lengths[i]), blank)
             exact += said == target
-            errors += _edit_distance(said, target)
+            errors += word_errors(target, said)
             total += len(target)
             own = torch.tensor(sorted({*target, blank}))
             cosine_sum += float(cos[i, : int(lengths[i])][:, own].max(-1).values.sum())
             n_tokens += int(lengths[i])
     return {"exact": exact / len(frames), "tokens": 1 - errors / total, "cosine": cosine_sum / n_tokens}
-
-
-def _edit_distance(a: list[int], b: list[int]) -> int:
-    row = list(range(len(b) + 1))
-    for i, x in enumerate(a, 1):
-        previous, row[0] = row[0], i
-        for j, y in enumerate(b, 1):
-            previous, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, previous + (x != y))
-    return row[-1]
 
 
 def pretrain_audio(shapes_dir: str | Path, output_dir: str | Path, base: str,

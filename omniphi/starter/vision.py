@@ -43,6 +43,7 @@ from PIL import Image
 from torch import nn
 
 from omniphi.data.shapes import CAPTION_ORDER, COLOURS, NUMBER_WORDS, POSITIONS, SHAPES
+from omniphi.starter.word_space import WordSpace
 
 IGNORE = -100
 # The words each group of targets points at ("empty" stands for no object in the region).
@@ -71,18 +72,15 @@ class VisionPretrainSettings:
     seed: int = 0
 
 
-class WordHead(nn.Module):
-    """Cosines of the projected image tokens to the LLM's embeddings of each group's words (frozen:
-    a copy); `log_scale` is the learned temperature of their softmax, as in CLIP."""
+class WordHead(WordSpace):
+    """Cosines of the projected image tokens to the LLM's embeddings of each group's words."""
 
     def __init__(self, language_model, tokenizer):
-        super().__init__()
+        super().__init__(language_model)
         table = language_model.get_input_embeddings().weight.detach()
         for group, words in WORDS.items():
             rows = [table[tokenizer(" " + w, add_special_tokens=False)["input_ids"]].mean(0) for w in words]
             self.register_buffer(group, nn.functional.normalize(torch.stack(rows).float(), dim=-1))
-        self.register_buffer("typical_norm", table.float().norm(dim=-1).median())
-        self.log_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
 
     def forward(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
         """group → [batch, tokens, words of the group] cosines."""
@@ -92,7 +90,7 @@ class WordHead(nn.Module):
     def loss(self, cosines: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]) -> torch.Tensor:
         """Per group, over the tokens that name it: softmax cross-entropy (the right word beats the
         group's others) + 1 − cosine to the right word (the token *is* that word, as the LLM reads it)."""
-        scale = self.log_scale.exp().clamp(max=100)
+        scale = self.scale()
         total = 0.0
         for group, cos in cosines.items():
             named = targets[group] != IGNORE
@@ -100,10 +98,6 @@ class WordHead(nn.Module):
             total = total + nn.functional.cross_entropy(scale * cos, target)
             total = total + (1 - cos.gather(1, target[:, None])).mean()
         return total
-
-    def norm_penalty(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Keeps image tokens about as long as word embeddings (the LLM's layers expect that scale)."""
-        return (tokens.float().norm(dim=-1) / self.typical_norm).log().pow(2).mean()
 
 
 def token_layout(grid: int) -> dict[tuple[str, str], int]:

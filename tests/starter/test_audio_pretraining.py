@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from omniphi.starter.audio import AudioPretrainSettings, _edit_distance, greedy_decode, pretrain_audio
+from omniphi.starter.audio import AudioPretrainSettings, greedy_decode, pretrain_audio
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "starter-shapes"
 
@@ -20,14 +20,6 @@ def test_greedy_decode_merges_repeats_and_drops_blanks():
     assert greedy_decode(one_hot_cosines([0, 3, 3, 0, 5, 5, 5, 0, 0, 3]), 10, blank) == [3, 5, 3]
     assert greedy_decode(one_hot_cosines([3, 0, 3]), 3, blank) == [3, 3]  # a blank separates a doubled word
     assert greedy_decode(one_hot_cosines([3, 4, 0, 0]), 2, blank) == [3, 4]  # padding past the length is ignored
-
-
-def test_edit_distance_counts_substitutions_insertions_and_deletions():
-    assert _edit_distance([1, 2, 3], [1, 2, 3]) == 0
-    assert _edit_distance([1, 9, 3], [1, 2, 3]) == 1
-    assert _edit_distance([1, 3], [1, 2, 3]) == 1
-    assert _edit_distance([], [1, 2]) == 2
-    assert _edit_distance([4, 1, 2, 3, 5], [1, 2, 3]) == 2
 
 
 @pytest.fixture(scope="module")
