@@ -59,7 +59,7 @@ class GenerationSettings:
         return self
 
 
-# Events streamed by `Assistant.stream` (see omniphi/assistant.py), in this order:
+# Events streamed by `Assistant.stream` (see omniphi/runtime/assistant.py), in this order:
 # Transcript* (one per audio clip in the *last* user message, before any text), Token*, Done.
 
 

@@ -63,7 +63,7 @@ def _load_media(kind: str, path: str):
 def _load_assistant(spec: str):
     from transformers.utils import logging as hf_logging
 
-    from omniphi.assistant import Assistant
+    from omniphi.runtime.assistant import Assistant
 
     hf_logging.disable_progress_bar()
     started = time.perf_counter()

@@ -295,7 +295,7 @@ def load_transcriber(spec: str = "starter"):
         source = Path(spec) / TRANSCRIBER_DIR
         source = source if (source / "config.json").exists() else None
     if source is None:
-        from omniphi.assistant import TranscriptionUnavailableError
+        from omniphi.runtime.assistant import TranscriptionUnavailableError
 
         raise TranscriptionUnavailableError(f"the model {spec!r} has no speech recogniser")
     try:

@@ -30,7 +30,7 @@ def tiny_chatml():
 
 @pytest.fixture(scope="session")
 def starter_assistant():
-    from omniphi.assistant import Assistant
+    from omniphi.runtime.assistant import Assistant
 
     return Assistant.load("starter")
 

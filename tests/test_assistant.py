@@ -4,7 +4,7 @@ import threading
 
 import pytest
 
-from omniphi.assistant import Assistant, TranscriptionUnavailableError
+from omniphi.runtime.assistant import Assistant, TranscriptionUnavailableError
 from omniphi.chat import Done, GenerationSettings, Token, Transcript
 from tests.conftest import tone
 

@@ -74,7 +74,7 @@ def _error(message: str) -> int:
 
 
 def run_eval(args) -> int:
-    from omniphi.assistant import TranscriptionUnavailableError
+    from omniphi.runtime.assistant import TranscriptionUnavailableError
     from omniphi.data.llava import DataFileError
     from omniphi.data.tts import TTSError
     from omniphi.eval.runner import check_options, evaluate

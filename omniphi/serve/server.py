@@ -58,7 +58,7 @@ def run_serve(args: argparse.Namespace, *, assistant=None) -> int:
         print(f"omniphi: warning: serving on {args.host} without --api-key: anyone who can reach this "
               "address can use the model and read the stored conversations", file=sys.stderr)
     if assistant is None:
-        from omniphi.assistant import Assistant
+        from omniphi.runtime.assistant import Assistant
 
         print(f"omniphi: loading model {args.model} ...", file=sys.stderr, flush=True)
         assistant = Assistant.load(args.model)

@@ -94,7 +94,7 @@ def write_replay(out_dir: str | Path, base: str = "starter-base", system_prompts
                  seed: int = 0, batch_size: int = 16) -> dict[str, int]:
     """Write ``chat.json`` and ``text.jsonl`` (answers to all GENERAL_QUESTIONS, `text_samples` texts)
     from `base`'s LLM into `out_dir`, and ``metadata.json`` with what made them; returns counts."""
-    from omniphi.assistant import Assistant
+    from omniphi.runtime.assistant import Assistant
     from omniphi.eval.runner import generate_answers
 
     out_dir = Path(out_dir)

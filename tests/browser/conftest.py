@@ -134,7 +134,7 @@ def make_assistant(*, delay: float = 0.0):
     if ASSISTANT_SPEC == "fake":
         FakeAssistant = _load_fake_assistant()
         return FakeAssistant(SLOW_ANSWER, token_delay=delay) if delay else FakeAssistant()
-    from omniphi.assistant import Assistant
+    from omniphi.runtime.assistant import Assistant
 
     assistant = Assistant.load(ASSISTANT_SPEC)
     if delay:

@@ -1,6 +1,6 @@
 """A scripted assistant for the README screenshots: it streams well-formed Markdown answers
 (a code block, a list) so the pictures show what the page does with a capable model.
-It follows `omniphi.assistant.Assistant`'s streaming contract; nothing else uses it."""
+It follows `omniphi.runtime.assistant.Assistant`'s streaming contract; nothing else uses it."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Iterator
 
 import numpy as np
 
-from omniphi.assistant import Assistant
+from omniphi.runtime.assistant import Assistant
 from omniphi.chat import AudioMode, Conversation, Done, GenerationSettings, Token, Transcript, content_parts, message_text
 
 IMAGE_ANSWER = """That's a **sunset over rolling hills**: a warm orange sky fading to pink, a pale yellow sun,

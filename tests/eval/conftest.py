@@ -7,7 +7,7 @@ import pytest
 
 @pytest.fixture(scope="session")
 def tiny_assistant(tiny):
-    from omniphi.assistant import Assistant
+    from omniphi.runtime.assistant import Assistant
 
     return Assistant(tiny)
 

@@ -16,7 +16,7 @@ class FakeReply:
 
 
 class ScriptedAssistant:
-    """Same `complete`/`transcribe` interface as omniphi.assistant.Assistant, no model: answers
+    """Same `complete`/`transcribe` interface as omniphi.runtime.assistant.Assistant, no model: answers
     are looked up by the question text found in the prompt; audio is "heard" through `heard`
     (audio code → text), so speech conditions can be scripted too."""
 

@@ -1,4 +1,4 @@
-"""A deterministic test double of `omniphi.assistant.Assistant` for the server tests.
+"""A deterministic test double of `omniphi.runtime.assistant.Assistant` for the server tests.
 
 Same interface and streaming contract as the real one (Transcript* for the audio clips of the last
 user message, Token*, exactly one Done; `cancel` honoured within one token; settings validated;
@@ -104,7 +104,7 @@ class FakeAssistant:
         yield Done(finish or "stop", prompt_tokens, produced, time.perf_counter() - started)
 
     def complete(self, messages, settings, *, audio_mode="native"):
-        from omniphi.assistant import Assistant
+        from omniphi.runtime.assistant import Assistant
 
         return Assistant.complete(self, messages, settings, audio_mode=audio_mode)
 

@@ -20,7 +20,7 @@ AUDIO = speech("capital.wav")
 
 @pytest.fixture(scope="module")
 def assistant():
-    from omniphi.assistant import Assistant
+    from omniphi.runtime.assistant import Assistant
 
     return Assistant.load("tiny")
 
