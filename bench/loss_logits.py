@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from omniphi import presets
+from omniphi.runtime.loading import load_weights
 
 FIXTURE = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "starter-shapes"
 
@@ -42,7 +42,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--reps", type=int, default=6)
     args = parser.parse_args()
-    loaded = presets.load("starter-base")
+    loaded = load_weights("starter-base")
     model, processor = loaded.model, loaded.processor
     model.requires_grad_(False)
     model.multi_modal_projector.requires_grad_(True)

@@ -9,32 +9,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 
-EXIT_USAGE = 2
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse prints the whole usage before an error; one line is easier to read (and to grep)."""
-
-    def error(self, message: str):
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
-
-
-def positive_int(text: str) -> int:
-    """argparse type for counts (--n, --limit, --batch-size, ...)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-class CliError(Exception):
-    """A user-facing error: printed as one line, exit status 2."""
+from omniphi.cli_support import CliError, OneLineParser, add_model_arguments, load_assistant, run_reporting_errors
 
 
 def _settings(args):
@@ -58,19 +35,6 @@ def _load_media(kind: str, path: str):
         return media.load_image(path) if kind == "image" else media.load_audio(path)
     except media.MediaError as error:
         raise CliError(f"{path}: {error}") from None
-
-
-def _load_assistant(spec: str):
-    from transformers.utils import logging as hf_logging
-
-    from omniphi.runtime.assistant import Assistant
-
-    hf_logging.disable_progress_bar()
-    started = time.perf_counter()
-    assistant = Assistant.load(spec)
-    if os.environ.get("OMNIPHI_TIMING"):
-        print(f"[loaded {assistant.name} in {time.perf_counter() - started:.1f} s]", file=sys.stderr)
-    return assistant
 
 
 def _answer(assistant, messages, args) -> str:
@@ -108,7 +72,7 @@ def cmd_ask(args) -> int:
         raise CliError("nothing to ask: give a question, --image or --audio")
     messages = [{"role": "system", "content": args.system}] if args.system else []
     messages.append({"role": "user", "content": parts})
-    _answer(_load_assistant(args.model), messages, args)
+    _answer(load_assistant(args), messages, args)
     return 0
 
 
@@ -116,7 +80,7 @@ CHAT_HELP = "commands: /image PATH, /audio PATH (attach to your next message), /
 
 
 def cmd_chat(args) -> int:
-    assistant = _load_assistant(args.model)
+    assistant = load_assistant(args)
     history = [{"role": "system", "content": args.system}] if args.system else []
     pending: list[dict] = []
     print(f"omniphi chat with {assistant.name}. {CHAT_HELP}", file=sys.stderr)
@@ -160,7 +124,7 @@ def cmd_chat(args) -> int:
 def cmd_transcribe(args) -> int:
     from transformers.utils import logging as hf_logging
 
-    from omniphi.presets import load_transcriber
+    from omniphi.runtime.loading import load_transcriber
 
     hf_logging.disable_progress_bar()
     audio = _load_media("audio", args.file)
@@ -170,16 +134,16 @@ def cmd_transcribe(args) -> int:
 
 def cmd_export_llava(args) -> int:
     from omniphi.interop import export_llava_hf
-    from omniphi.presets import load
+    from omniphi.runtime.loading import load_weights
 
-    export_llava_hf(load(args.model), args.out)
+    export_llava_hf(load_weights(args.model), args.out)
     print(f"wrote a transformers LlavaForConditionalGeneration checkpoint to {args.out}")
     return 0
 
 
 def cmd_import_llava(args) -> int:
     from omniphi.interop import import_llava_hf
-    from omniphi.presets import save_directory
+    from omniphi.runtime.loading import save_directory
 
     save_directory(import_llava_hf(args.source), args.out)
     print(f"wrote an omniphi model directory to {args.out}")
@@ -187,7 +151,7 @@ def cmd_import_llava(args) -> int:
 
 
 def _add_generation_arguments(parser):
-    parser.add_argument("--model", default="starter", help="preset (starter, phi2, tiny) or model directory")
+    add_model_arguments(parser)
     parser.add_argument("--audio-mode", choices=["native", "transcribe"], default="native",
                         help="native: audio embeddings go to the LLM; transcribe: Whisper's transcript does")
     parser.add_argument("--max-new-tokens", type=int, default=256)
@@ -275,28 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(argv[0] if argv else None).parse_args(argv)
-    try:
-        return int(args.run(args) or 0)
-    except KeyboardInterrupt:
-        return 130
-    except Exception as error:  # noqa: BLE001 — the CLI's one place that turns errors into a line
-        if os.environ.get("OMNIPHI_DEBUG"):
-            raise
-        print(f"omniphi: error: {_one_line(error)}", file=sys.stderr)
-        return EXIT_USAGE if _is_user_error(error) else 1
-
-
-def _one_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
-
-
-def _is_user_error(error: BaseException) -> bool:
-    from omniphi.media import MediaError
-
-    return isinstance(error, (CliError, MediaError, FileNotFoundError, ValueError, PermissionError)) or type(
-        error
-    ).__name__ in ("MissingWeightsError", "TranscriptionUnavailableError")
+    return run_reporting_errors("omniphi", args.run, args)
 
 
 if __name__ == "__main__":

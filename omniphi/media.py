@@ -27,6 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps
 
+from omniphi.errors import UserError
+
 __all__ = [
     "MediaError",
     "CorruptMediaError",
@@ -47,7 +49,7 @@ SAMPLING_RATE = 16_000
 # --------------------------------------------------------------------------- errors
 
 
-class MediaError(ValueError):
+class MediaError(UserError, ValueError):
     """Base class: bad media supplied by the user. ``status`` is the HTTP code to answer with."""
 
     status: int = 400

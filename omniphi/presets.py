@@ -8,7 +8,8 @@
              `make starter` trains from
 - "tiny":    random, small, instant — for tests
 
-`load(spec)` takes a preset name or a model directory and returns a `LoadedModel`.
+This module says what each preset is made of and builds it; `omniphi.runtime.load` (the loading
+layer above it) loads presets, model directories and training outputs onto a device, in a dtype.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from transformers import (
 )
 
 from omniphi.config import OmniConfig
+from omniphi.errors import UserError
 from omniphi.model import OmniForConditionalGeneration
 from omniphi.model.projectors import AudioProjector, VisionProjector
 from omniphi.processing import OmniProcessor
@@ -39,7 +41,7 @@ PRESETS = ("starter", "starter-base", "phi2", "tiny")
 TRANSCRIBER_DIR = "transcriber"  # a model directory keeps Whisper (encoder + decoder) for transcripts here
 
 
-class MissingWeightsError(RuntimeError):
+class MissingWeightsError(UserError, RuntimeError):
     """Parts of a preset are not available offline; the message says which and how to provide them."""
 
 
@@ -51,14 +53,23 @@ class LoadedModel:
     name: str
 
 
-def load(spec: str = "starter", *, dtype: torch.dtype = torch.float32) -> LoadedModel:
-    if spec in PRESETS:
-        loaders = {"starter": load_starter, "starter-base": load_starter_base, "phi2": load_phi2, "tiny": load_tiny}
-        return loaders[spec](dtype=dtype)
-    path = Path(spec)
-    if path.is_dir():
-        return load_directory(path, dtype=dtype)
-    raise ValueError(f"unknown model {spec!r}: expected one of {', '.join(PRESETS)} or a model directory")
+def build(name: str, dtype: torch.dtype = torch.float32) -> LoadedModel:
+    """A preset assembled from its parts (not "starter": that one is a directory, `packaged_directory`)."""
+    builders = {"starter-base": load_starter_base, "phi2": load_phi2, "tiny": load_tiny}
+    return builders[name](dtype=dtype)
+
+
+def packaged_directory(name: str) -> tuple[Path, str] | None:
+    """For a preset that is trained weights shipped in the package: (their directory, the preset to
+    use where a checkout removed them). "starter" is the committed training output on "starter-base"."""
+    if name == "starter":
+        return STARTER_WEIGHTS_DIR, "starter-base"
+    return None
+
+
+# What `--dtype auto` / `--quantize auto` pick for a preset, before the machine decides. The random
+# test preset stays float32 so tests compute the same numbers on every machine.
+PRESET_DEFAULTS: dict[str, dict[str, str]] = {"tiny": {"dtype": "float32", "quantize": "none"}}
 
 
 def assemble(
@@ -175,14 +186,6 @@ STARTER_VISION = CLIPVisionConfig(
 STARTER_WEIGHTS_DIR = Path(__file__).parent / "starter_weights"
 
 
-def load_starter(dtype: torch.dtype = torch.float32) -> LoadedModel:
-    """The trained starter: the committed weights (a training output whose base is "starter-base");
-    without them (a checkout that removed them) the untrained base, so the preset still loads."""
-    if (STARTER_WEIGHTS_DIR / "omniphi_trained.json").exists():
-        return load_directory(STARTER_WEIGHTS_DIR, dtype=dtype, name="omniphi-starter")
-    return load_starter_base(dtype)
-
-
 def load_starter_base(dtype: torch.dtype = torch.float32) -> LoadedModel:
     from omniphi.weights.ct2_whisper import load_starter_whisper
     from omniphi.weights.gguf_llm import load_starter_llm
@@ -206,7 +209,7 @@ PHI2_PARTS = {
 }
 
 
-def _locate(repo_id: str) -> str:
+def locate(repo_id: str) -> str:
     """A local directory under $OMNIPHI_WEIGHTS_DIR (named like the repo or its last part), else the
     repo id itself (resolved from the HF cache, or the hub unless HF_HUB_OFFLINE=1)."""
     root = os.environ.get("OMNIPHI_WEIGHTS_DIR")
@@ -221,7 +224,7 @@ def load_phi2(dtype: torch.dtype = torch.float32) -> LoadedModel:
     from transformers import WhisperProcessor
 
     offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
-    sources = {part: _locate(repo) for part, repo in PHI2_PARTS.items()}
+    sources = {part: locate(repo) for part, repo in PHI2_PARTS.items()}
     missing = []
     loaded = {}
     for part, source in sources.items():
@@ -250,54 +253,17 @@ def load_phi2(dtype: torch.dtype = torch.float32) -> LoadedModel:
     return LoadedModel(model, processor, _transcriber(whisper, whisper_processor), "omniphi-phi2")
 
 
-# -- directories ----------------------------------------------------------------------------------
-def save_directory(loaded: LoadedModel, directory: str | Path) -> None:
-    """A self-contained model directory: model (safetensors) + processor + Whisper for transcripts."""
-    directory = Path(directory)
-    loaded.model.save_pretrained(directory)
-    loaded.processor.save_pretrained(directory)
-    if loaded.transcriber is not None:
-        loaded.transcriber.save_pretrained(directory / TRANSCRIBER_DIR)
-
-
-def load_directory(directory: str | Path, dtype: torch.dtype = torch.float32, name: str | None = None) -> LoadedModel:
-    directory = Path(directory)
-    if (directory / "omniphi_trained.json").exists():  # a training output: adapter + trainables on a base
-        from omniphi.train.outputs import load_trained
-
-        return load_trained(directory, dtype=dtype, name=name)
-    if not (directory / "config.json").exists():
-        raise ValueError(f"{directory} is not an omniphi model directory (no config.json)")
-    model = OmniForConditionalGeneration.from_pretrained(directory, dtype=dtype).eval()
-    processor = OmniProcessor.from_pretrained(directory, model.config)
-    transcriber = None
-    if (directory / TRANSCRIBER_DIR / "config.json").exists():
-        from transformers import WhisperProcessor
-
-        whisper = WhisperForConditionalGeneration.from_pretrained(directory / TRANSCRIBER_DIR, dtype=dtype)
-        transcriber = _transcriber(whisper, WhisperProcessor.from_pretrained(directory / TRANSCRIBER_DIR))
-    return LoadedModel(model, processor, transcriber, name or f"omniphi-{directory.name}")
-
-
-def load_transcriber(spec: str = "starter"):
-    """Only the speech recogniser of a model (fast: no LLM or vision tower is loaded)."""
+def load_preset_transcriber(name: str):
+    """Only the speech recogniser of a preset (no LLM or vision tower is loaded); None if it has none."""
     from transformers import WhisperProcessor
 
-    if spec in ("starter", "starter-base"):  # the trained starter keeps the packaged Whisper
+    if name in ("starter", "starter-base"):  # the trained starter keeps the packaged Whisper
         from omniphi.weights.ct2_whisper import load_starter_whisper
 
         return _transcriber(*load_starter_whisper())
-    if spec == "phi2":
-        source = _locate(PHI2_PARTS["audio"])
-    elif spec in PRESETS:
-        source = None
-    else:
-        source = Path(spec) / TRANSCRIBER_DIR
-        source = source if (source / "config.json").exists() else None
-    if source is None:
-        from omniphi.runtime.assistant import TranscriptionUnavailableError
-
-        raise TranscriptionUnavailableError(f"the model {spec!r} has no speech recogniser")
+    if name != "phi2":
+        return None
+    source = locate(PHI2_PARTS["audio"])
     try:
         whisper = WhisperForConditionalGeneration.from_pretrained(source)
     except OSError as error:

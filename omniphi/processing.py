@@ -23,6 +23,7 @@ from transformers import AutoTokenizer, WhisperFeatureExtractor
 
 from omniphi.chat import Conversation, content_parts
 from omniphi.config import OmniConfig
+from omniphi.errors import UserError
 from omniphi.model.audio_encoder import MEL_FRAMES_PER_WINDOW, audio_token_count
 from omniphi.templates import TEMPLATES, RenderedPrompt, end_of_turn_token, resolve_template_name
 
@@ -34,7 +35,7 @@ MIN_AUDIO_SAMPLES = 1_600  # 0.1 s: shorter clips are zero-padded so they give a
 PROCESSOR_FILE = "omniphi_processor.json"
 
 
-class SampleTooLongError(ValueError):
+class SampleTooLongError(UserError, ValueError):
     """The sample does not fit max_length without cutting through media or dropping every answer."""
 
 

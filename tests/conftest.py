@@ -16,9 +16,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 @pytest.fixture(scope="session")
 def tiny():
-    from omniphi import presets
+    from omniphi import runtime
 
-    return presets.load("tiny")
+    return runtime.load("tiny")
 
 
 @pytest.fixture(scope="session")

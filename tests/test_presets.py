@@ -5,7 +5,7 @@ import torch
 from PIL import Image
 from transformers import SiglipVisionConfig, SiglipVisionModel
 
-from omniphi import presets
+from omniphi import presets, runtime
 
 
 def test_phi2_offline_without_weights_names_every_missing_part(monkeypatch, tmp_path):
@@ -13,7 +13,7 @@ def test_phi2_offline_without_weights_names_every_missing_part(monkeypatch, tmp_
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty Hugging Face cache
     monkeypatch.setenv("OMNIPHI_WEIGHTS_DIR", str(tmp_path / "weights"))
     with pytest.raises(presets.MissingWeightsError) as caught:
-        presets.load("phi2")
+        runtime.load("phi2")
     message = str(caught.value)
     for repo in ("microsoft/phi-2", "openai/clip-vit-large-patch14-336", "openai/whisper-tiny"):
         assert repo in message
@@ -22,9 +22,9 @@ def test_phi2_offline_without_weights_names_every_missing_part(monkeypatch, tmp_
 
 def test_unknown_model_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="unknown model"):
-        presets.load("no-such-preset")
+        runtime.load("no-such-preset")
     with pytest.raises(ValueError, match="not an omniphi model directory"):
-        presets.load(str(tmp_path))
+        runtime.load(str(tmp_path))
 
 
 def test_siglip_tower_keeps_all_patches():

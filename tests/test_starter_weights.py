@@ -23,7 +23,7 @@ GREEDY = GenerationSettings(max_new_tokens=8)
 
 
 def test_starter_loads_the_committed_weights(starter_assistant):
-    from omniphi.train.outputs import read_meta
+    from omniphi.runtime.trained import read_meta
 
     meta = read_meta(STARTER_WEIGHTS_DIR)
     assert meta["base"] == "starter-base"  # not "starter": that would load itself

@@ -21,13 +21,14 @@ import sys
 import time
 from pathlib import Path
 
-from omniphi.cli import positive_int
+from omniphi.cli_support import positive_int
+from omniphi.errors import UserError
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
 
 
-class UsageError(ValueError):
+class UsageError(UserError, ValueError):
     pass
 
 
@@ -66,7 +67,7 @@ def _add_tts_options(p: argparse.ArgumentParser) -> None:
 
 
 def add_data_arguments(data: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    from omniphi.cli import OneLineParser
+    from omniphi.cli_support import OneLineParser
 
     data.description = "Prepare datasets (synthetic shapes, generated text, spoken questions)."
     sub = data.add_subparsers(dest="data_command", metavar="{shapes,generate,spoken}", parser_class=OneLineParser)

@@ -35,6 +35,7 @@ from typing import Any, Iterator, Literal
 import numpy as np
 
 from omniphi.data.skipping import BAD_RECORD, Skipped, media_skip
+from omniphi.errors import UserError
 
 Mode = Literal["plain", "conversation"]
 
@@ -60,7 +61,7 @@ class RecordError(ValueError):
     """A structurally bad record (becomes a ``bad_record`` skip)."""
 
 
-class DataFileError(ValueError):
+class DataFileError(UserError, ValueError):
     """The data file itself cannot be used (missing, not JSON, wrong top-level shape)."""
 
 

@@ -34,6 +34,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from omniphi.data.llava import AUDIO_TOKEN, _PLACEHOLDER
+from omniphi.errors import UserError
 
 # "--" ends espeak-ng's options, so a question starting with "-" is not read as one.
 DEFAULT_COMMAND = "espeak-ng -v {voice} -s {rate} -w {out} -- {text}"
@@ -70,7 +71,7 @@ DEFAULT_RATES = tuple(range(130, 201, 10))
 SAMPLING_RATE = 16_000
 
 
-class TTSError(RuntimeError):
+class TTSError(UserError, RuntimeError):
     """The TTS command is missing, failed, or produced no usable audio."""
 
 

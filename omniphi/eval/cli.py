@@ -17,7 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-from omniphi.cli import positive_int
+from omniphi.cli_support import add_model_arguments, positive_int
 
 EXIT_USAGE = 2
 
@@ -47,7 +47,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
         f"      --data: {TASKS[n].data_help}"
         for n in names if TASKS[n].name == n
     ) + "\n\nSee docs/eval.md for layouts, prompts, metrics and the results JSON."
-    parser.add_argument("--model", default="starter", help="preset (starter, phi2, tiny) or model directory")
+    add_model_arguments(parser)
     parser.add_argument("--task", required=True, choices=names, metavar="TASK", help=", ".join(names))
     parser.add_argument("--data", required=True, help="the benchmark's file or folder in its published layout")
     parser.add_argument("--limit", type=positive_int, help="only the first N questions (perplexity: windows)")
@@ -74,13 +74,10 @@ def _error(message: str) -> int:
 
 
 def run_eval(args) -> int:
-    from omniphi.runtime.assistant import TranscriptionUnavailableError
-    from omniphi.data.llava import DataFileError
-    from omniphi.data.tts import TTSError
+    from omniphi.cli_support import load_assistant
+    from omniphi.errors import UserError
     from omniphi.eval.runner import check_options, evaluate
     from omniphi.eval.tasks import EvalError, LoadOptions, check_data_path, get_task
-    from omniphi.media import MediaError
-    from omniphi.presets import MissingWeightsError
 
     try:
         task = get_task(args.task)
@@ -95,18 +92,16 @@ def run_eval(args) -> int:
         # Data first: a typo in a JSON file should not cost a model load.
         items = task.load(path, LoadOptions(images=args.images, split=args.split, limit=args.limit))
 
-        from omniphi.cli import _load_assistant
-
-        assistant = _load_assistant(args.model)
+        assistant = load_assistant(args)
         results = evaluate(
             assistant, task, path, limit=args.limit, batch_size=args.batch_size, ask_by=args.ask_by,
             audio_mode=args.audio_mode, max_new_tokens=args.max_new_tokens, images=args.images, split=args.split,
             window=args.window, stride=args.stride, progress=not args.no_progress, items=items,
         )
-    except (EvalError, DataFileError, MissingWeightsError, TranscriptionUnavailableError, TTSError, MediaError) as exc:
-        return _error(str(exc))
     except (FileNotFoundError, NotADirectoryError) as exc:
         return _error(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc))
+    except UserError as exc:  # bad data, options, device or a model that is not installed
+        return _error(str(exc))
 
     print(results["markdown"])
     for note in results["notes"]:

@@ -25,6 +25,7 @@ from statistics import fmean
 from typing import Any, Callable
 
 from omniphi.eval import metrics as M
+from omniphi.errors import UserError
 
 SHORT_ANSWER = "Answer the question using a single word or phrase."
 SCIENCEQA_INSTRUCTION = "Answer with the option's letter from the given choices directly."
@@ -32,7 +33,7 @@ MME_SUFFIX = "Please answer yes or no."
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
 
 
-class EvalError(ValueError):
+class EvalError(UserError, ValueError):
     """A user-facing problem with the data or the options (one line, exit status 2)."""
 
 

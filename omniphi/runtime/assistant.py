@@ -21,6 +21,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
 from omniphi import presets
+from omniphi.errors import UserError
 from omniphi.chat import (
     AudioMode,
     Conversation,
@@ -35,7 +36,7 @@ from omniphi.chat import (
 from omniphi.processing import SampleTooLongError
 
 
-class TranscriptionUnavailableError(RuntimeError):
+class TranscriptionUnavailableError(UserError, RuntimeError):
     """The loaded model has no Whisper decoder (e.g. the random `tiny` preset)."""
 
 
@@ -76,12 +77,13 @@ class Assistant:
         self._transcripts: OrderedDict[str, str] = OrderedDict()  # audio hash → transcript
 
     @classmethod
-    def load(cls, spec: str = "starter", *, device: str | None = None) -> "Assistant":
-        """A preset name ("starter", "phi2", "tiny") or a model directory."""
-        assistant = cls(presets.load(spec))
-        if device:
-            assistant.model.to(device)
-        return assistant
+    def load(cls, spec: str = "starter", *, device: str = "auto", dtype: str = "auto",
+             quantize: str = "none") -> "Assistant":
+        """A preset name ("starter", "phi2", "tiny"), a model directory or a training output, loaded by
+        `omniphi.runtime.load` (which says what `auto` picks)."""
+        from omniphi.runtime.loading import load
+
+        return cls(load(spec, device=device, dtype=dtype, quantize=quantize))
 
     @property
     def device(self) -> torch.device:

@@ -14,7 +14,9 @@ from omniphi.serve.app import ServeConfig
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="starter", help="preset name (starter, phi2, tiny) or model directory")
+    from omniphi.cli_support import add_model_arguments
+
+    add_model_arguments(parser)
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to bind (default 127.0.0.1; anything else exposes the server to the network)")
     parser.add_argument("--port", type=int, default=8000)
@@ -61,7 +63,7 @@ def run_serve(args: argparse.Namespace, *, assistant=None) -> int:
         from omniphi.runtime.assistant import Assistant
 
         print(f"omniphi: loading model {args.model} ...", file=sys.stderr, flush=True)
-        assistant = Assistant.load(args.model)
+        assistant = Assistant.load(args.model, device=args.device, dtype=args.dtype, quantize=args.quantize)
     app = create_app(assistant, config)
     server = _Server(uvicorn.Config(
         # A streaming answer may hold shutdown up to this long; then it is cancelled (and stored).

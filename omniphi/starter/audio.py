@@ -172,13 +172,13 @@ def pretrain_audio(shapes_dir: str | Path, output_dir: str | Path, base: str,
     training output to `output_dir`. Returns the validation spelling accuracies."""
     from transformers import get_cosine_schedule_with_warmup
 
-    from omniphi import presets
+    from omniphi.runtime.loading import load_weights
     from omniphi.train.outputs import base_fingerprint, base_record, save_trained
 
     settings = settings or AudioPretrainSettings()
     shapes_dir, output_dir = Path(shapes_dir), Path(output_dir)
     torch.manual_seed(settings.seed)
-    loaded = presets.load(str(base))
+    loaded = load_weights(str(base))
     model, processor = loaded.model, loaded.processor
     fingerprint = base_fingerprint(model)
     tokenizer = processor.tokenizer

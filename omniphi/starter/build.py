@@ -90,7 +90,7 @@ def step_replay() -> bool:
 
 def step_vision() -> bool:
     from omniphi.starter.vision import pretrain_vision
-    from omniphi.train.outputs import is_training_output
+    from omniphi.runtime.trained import is_training_output
 
     if is_training_output(WORK / "vision"):
         return False
@@ -100,7 +100,7 @@ def step_vision() -> bool:
 
 def step_audio() -> bool:
     from omniphi.starter.audio import pretrain_audio
-    from omniphi.train.outputs import is_training_output
+    from omniphi.runtime.trained import is_training_output
 
     if is_training_output(WORK / "audio"):
         return False
@@ -109,7 +109,7 @@ def step_audio() -> bool:
 
 
 def step_recipe(name: str) -> bool:
-    from omniphi.train.outputs import is_training_output
+    from omniphi.runtime.trained import is_training_output
     from omniphi.train.recipe import load_recipe
     from omniphi.train.run import run_training
     from omniphi.train.trainer import last_checkpoint
@@ -124,7 +124,7 @@ def step_recipe(name: str) -> bool:
 
 def step_package(install: bool) -> bool:
     from omniphi.presets import STARTER_WEIGHTS_DIR
-    from omniphi.train.outputs import flatten_trained
+    from omniphi.runtime.trained import flatten_trained
 
     weights = WORK / "weights"
     shutil.rmtree(weights, ignore_errors=True)

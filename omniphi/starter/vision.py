@@ -245,13 +245,13 @@ def pretrain_vision(shapes_dir: str | Path, output_dir: str | Path, base: str = 
     and write a training output to `output_dir`. Returns the validation accuracies."""
     from transformers import get_cosine_schedule_with_warmup
 
-    from omniphi import presets
+    from omniphi.runtime.loading import load_weights
     from omniphi.train.outputs import base_fingerprint, base_record, save_trained
 
     settings = settings or VisionPretrainSettings()
     shapes_dir, output_dir = Path(shapes_dir), Path(output_dir)
     torch.manual_seed(settings.seed)
-    loaded = presets.load(base)
+    loaded = load_weights(base)
     model, processor = loaded.model, loaded.processor
     fingerprint = base_fingerprint(model)
     vision = model.config.vision_config

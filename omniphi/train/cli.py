@@ -91,18 +91,10 @@ def main(argv: list[str] | None = None) -> int:
     import logging
     import os
 
-    from omniphi.cli import OneLineParser, _is_user_error, _one_line
+    from omniphi.cli_support import OneLineParser, run_reporting_errors
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     parser = add_train_arguments(OneLineParser(prog="python -m omniphi.train"))
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    try:
-        return run_train(args)
-    except KeyboardInterrupt:
-        return 130
-    except Exception as error:  # noqa: BLE001 — one line, like the omniphi command
-        if os.environ.get("OMNIPHI_DEBUG"):
-            raise
-        print(f"omniphi train: error: {_one_line(error)}", file=sys.stderr)
-        return 2 if _is_user_error(error) else 1
+    return run_reporting_errors("omniphi train", run_train, args)

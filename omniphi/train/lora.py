@@ -6,7 +6,7 @@
   NF4 with double quantisation; towers and projectors stay unquantised and outside LoRA. A layer is
   quantised when it is moved to its device, on CUDA or CPU alike (bitsandbytes ≥ 0.45 runs 4-bit on CPU).
 * PEFT wraps `model.language_model` only, so the outer model's forward (media scattering) is untouched.
-* `nf4_round_trip_` reproduces, on plain Linear layers, exactly the weights a QLoRA run trained
+* `nf4_round_trip_` (omniphi.runtime.trained) reproduces, on plain Linear layers, exactly the weights a QLoRA run trained
   against; loading and merging a QLoRA output use it so the result computes what was trained.
 """
 
@@ -15,9 +15,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+# The round trip lives with the training-output format it reads (loading a QLoRA output uses it).
+from omniphi.runtime.trained import NF4_BLOCKSIZE, nf4_round_trip_
 from omniphi.train.recipe import LoraSection, RecipeError, name_list
 
-NF4_BLOCKSIZE = 64  # bitsandbytes' default for Params4bit; the round trip must use the same
+__all__ = ["NF4_BLOCKSIZE", "apply_lora", "has_lora", "lora_target_modules", "nf4_round_trip_", "quantize_nf4"]
 
 # model_type → the Linear layers LoRA adapts: all attention and MLP projections (QLoRA paper: adapting
 # every linear layer matters more than the rank).
@@ -99,24 +101,6 @@ def quantize_nf4(language_model: nn.Module, device: torch.device | str, compute_
         count += 1
     # PEFT picks its 4-bit-aware LoRA layer (dtype handling, merging) from this flag.
     language_model.is_loaded_in_4bit = True
-    return count
-
-
-def nf4_round_trip_(language_model: nn.Module, quantized_dtype: torch.dtype) -> int:
-    """Overwrite each Linear weight (head excluded) with dequantise(quantise_nf4(weight)), the
-    values a QLoRA run's `Linear4bit` layers computed with. Runs on CPU; returns the layer count."""
-    import bitsandbytes.functional as F
-
-    count = 0
-    with torch.no_grad():
-        for _, module in _linear_layers(language_model):
-            weight = module.weight.data
-            packed, state = F.quantize_4bit(
-                weight.to("cpu", quantized_dtype).contiguous(), blocksize=NF4_BLOCKSIZE, compress_statistics=True,
-                quant_type="nf4",
-            )
-            weight.copy_(F.dequantize_4bit(packed, state).to(weight.dtype))
-            count += 1
     return count
 
 

@@ -25,11 +25,13 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 
+from omniphi.errors import UserError
+
 STAGES = ("text", "align", "instruct")
 DATA_FORMATS = ("llava", "llava_plain", "asr_manifest", "librispeech", "text")
 
 
-class RecipeError(ValueError):
+class RecipeError(UserError, ValueError):
     """The recipe or an override is invalid; the message names the key."""
 
 

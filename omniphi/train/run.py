@@ -131,7 +131,7 @@ def _scratch_language_model(model, overrides: dict, dtype: torch.dtype):
 def run_training(recipe: Recipe, resume: bool | str | None = None) -> TrainResult:
     from transformers import set_seed
 
-    from omniphi import presets
+    from omniphi.runtime.loading import load_weights
     from omniphi.train import freezing, lora as lora_lib
     from omniphi.train.collator import training_pipeline
     from omniphi.train.data import build_splits
@@ -151,7 +151,7 @@ def run_training(recipe: Recipe, resume: bool | str | None = None) -> TrainResul
              "bfloat16": torch.bfloat16, "float16": torch.float16}[m.dtype]
 
     set_seed(t.seed)  # before anything random is created: LoRA's A matrices, a scratch LLM
-    loaded = presets.load(m.base, dtype=dtype)
+    loaded = load_weights(m.base, dtype=dtype)  # on the CPU: the Trainer places it
     model, processor = loaded.model, loaded.processor
     fingerprint = base_fingerprint(model)
     if m.init == "scratch":

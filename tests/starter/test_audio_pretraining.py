@@ -35,8 +35,8 @@ def spoken_questions(tmp_path_factory):
 
 @pytest.mark.slow
 def test_pretraining_teaches_the_projector_to_spell_the_questions(tmp_path, spoken_questions):
-    from omniphi import presets
-    from omniphi.train.outputs import read_meta
+    from omniphi.runtime.loading import load_weights
+    from omniphi.runtime.trained import read_meta
 
     out = tmp_path / "audio"
     settings = AudioPretrainSettings(clips=16, epochs=12, batch_size=8, learning_rate=5e-3, negatives=256,
@@ -48,7 +48,7 @@ def test_pretraining_teaches_the_projector_to_spell_the_questions(tmp_path, spok
     assert meta["base"] == "starter-base" and meta["stage"] == "audio"
     assert meta["non_lora_trainables"] and all(n.startswith("audio_projector.") for n in meta["non_lora_trainables"])
     assert meta["eval"]["val_spelling_cosine"] == accuracy["cosine"]
-    trained = presets.load(str(out)).model
-    base = presets.load("starter-base").model
+    trained = load_weights(str(out)).model
+    base = load_weights("starter-base").model
     assert not torch.equal(trained.audio_projector.linear_1.weight, base.audio_projector.linear_1.weight)
     assert torch.equal(trained.multi_modal_projector.linear_1.weight, base.multi_modal_projector.linear_1.weight)

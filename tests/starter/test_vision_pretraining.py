@@ -56,8 +56,8 @@ def test_drawn_scenes_never_show_a_held_out_pair():
 
 @pytest.mark.slow
 def test_pretraining_writes_a_training_output_with_the_tower_and_projector(tmp_path, shapes_small):
-    from omniphi import presets
-    from omniphi.train.outputs import read_meta
+    from omniphi.runtime.loading import load_weights
+    from omniphi.runtime.trained import read_meta
 
     out = tmp_path / "vision"
     accuracy = pretrain_vision(shapes_small, out, settings=VisionPretrainSettings(epochs=1, extra_scenes=16, batch_size=16))
@@ -66,8 +66,8 @@ def test_pretraining_writes_a_training_output_with_the_tower_and_projector(tmp_p
     assert meta["base"] == "starter-base" and meta["stage"] == "vision"
     assert meta["non_lora_trainables"] and all(n.split(".")[0] in ("vision_tower", "multi_modal_projector")
                                                for n in meta["non_lora_trainables"])
-    trained = presets.load(str(out)).model
-    base = presets.load("starter-base").model
+    trained = load_weights(str(out)).model
+    base = load_weights("starter-base").model
     name = "vision_tower.embeddings.patch_embedding.weight"
     assert not torch.equal(dict(trained.named_parameters())[name], dict(base.named_parameters())[name])
     assert not torch.equal(trained.multi_modal_projector.linear_1.weight, base.multi_modal_projector.linear_1.weight)

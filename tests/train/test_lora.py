@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from omniphi import presets
+from omniphi import runtime
 from omniphi.train import freezing
 from omniphi.train.lora import (
     apply_lora, lora_target_modules, nf4_round_trip_, quantize_nf4,
@@ -27,7 +27,7 @@ def test_unregistered_architecture_is_a_clear_error(tiny, monkeypatch):
 
 
 def test_qlora_quantises_only_the_llm_linears_and_lora_wraps_only_the_llm():
-    model = presets.load("tiny").model
+    model = runtime.load("tiny").model
     head = model.language_model.get_output_embeddings()
     before = {n: p.detach().clone() for n, p in model.named_parameters() if not n.startswith("language_model.")}
     count = quantize_nf4(model.language_model, "cpu", torch.float32)
@@ -54,7 +54,7 @@ def test_qlora_quantises_only_the_llm_linears_and_lora_wraps_only_the_llm():
     # The outer forward still works (media scattering + 4-bit LLM) and gradients reach LoRA and the projector.
     from PIL import Image
 
-    batch = presets.load("tiny").processor([[
+    batch = runtime.load("tiny").processor([[
         {"role": "user", "content": [{"type": "image", "image": Image.new("RGB", (30, 30))}, {"type": "text", "text": "Colour?"}]},
         {"role": "assistant", "content": "Black."}]])
     model(**batch).loss.backward()
@@ -115,7 +115,7 @@ def test_explicit_train_modules_are_checked(tiny):
 
 
 def test_groups_and_upcast():
-    model = presets.load("tiny", dtype=torch.bfloat16).model
+    model = runtime.load("tiny", dtype=torch.bfloat16).model
     freezing.apply_freezing(model, ["multi_modal_projector", "vision_tower"])
     freezing.upcast_trainables(model)
     dtypes = {n.split(".")[0]: p.dtype for n, p in model.named_parameters()}

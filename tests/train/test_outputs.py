@@ -6,9 +6,10 @@ import pytest
 import torch
 from PIL import Image
 
-from omniphi import presets
+from omniphi import runtime
 from omniphi.cli import main as omniphi_main
-from omniphi.train.outputs import TrainedOutputError, load_trained
+from omniphi.runtime.loading import load_weights
+from omniphi.runtime.trained import TrainedOutputError
 from tests.train.conftest import FIXTURES, ROOT, make_recipe, run_module, train
 
 CONVERSATION = [
@@ -35,9 +36,9 @@ def logits(model, processor):
 
 def test_merge_gives_the_adapter_models_logits(qlora_run, tmp_path):
     out, result = qlora_run
-    processor = presets.load("tiny").processor
+    processor = runtime.load("tiny").processor
     trained = logits(result.trainer.model, processor)  # the 4-bit LLM + LoRA as it trained
-    adapter = load_trained(out, merge=False)  # rebuilt from the output: base → NF4 round trip → adapter
+    adapter = load_weights(str(out), merge=False)  # rebuilt from the output: base → NF4 round trip → adapter
     from peft import PeftModel
 
     assert isinstance(adapter.model.language_model, PeftModel)
@@ -45,11 +46,11 @@ def test_merge_gives_the_adapter_models_logits(qlora_run, tmp_path):
     torch.testing.assert_close(adapter_logits, trained, atol=1e-5, rtol=1e-5)
 
     assert omniphi_main(["merge", str(out), str(tmp_path / "merged")]) == 0
-    merged = presets.load(str(tmp_path / "merged"))
+    merged = runtime.load(str(tmp_path / "merged"), dtype="float32")
     assert not (tmp_path / "merged" / "adapter").exists()  # a plain full model directory
     assert type(merged.model.language_model).__name__ == "PhiForCausalLM"
     torch.testing.assert_close(logits(merged.model, processor), adapter_logits, atol=1e-5, rtol=1e-5)
-    base = logits(presets.load("tiny").model, processor)
+    base = logits(runtime.load("tiny").model, processor)
     assert (base - adapter_logits).abs().max() > 1e-2  # training changed the model: the check is not vacuous
     assert json.loads((tmp_path / "merged" / "merged_from.json").read_text())["quantization"] == "nf4"
 
@@ -64,9 +65,9 @@ def test_output_refuses_a_changed_base(qlora_run, tmp_path, monkeypatch):
     meta["base_fingerprint"] = "0" * 16
     (copy / "omniphi_trained.json").write_text(json.dumps(meta))
     with pytest.raises(TrainedOutputError, match="trained on a different 'tiny'"):
-        presets.load(str(copy))
+        runtime.load(str(copy))
     monkeypatch.setenv("OMNIPHI_SKIP_BASE_CHECK", "1")
-    presets.load(str(copy))
+    runtime.load(str(copy))
 
 
 def test_bad_recipe_is_one_line_exit_2(tmp_path, capsys):
@@ -111,13 +112,13 @@ def test_output_whose_base_leads_back_to_itself(qlora_run, tmp_path):
     meta.update(base=str(loop), base_relative=".")
     (loop / "omniphi_trained.json").write_text(json.dumps(meta))
     with pytest.raises(TrainedOutputError, match="leads back to itself"):
-        presets.load(str(loop))
+        runtime.load(str(loop))
 
 
 def test_flatten_rebases_a_chain_of_stages_onto_the_preset(tmp_path, shapes):
     """align (projectors + vision tower) → instruct (LoRA + projectors), flattened: one output on
     "tiny" that gives the chain's logits, whose weights are the last values of every trained module."""
-    from omniphi.train.outputs import flatten_trained, read_meta
+    from omniphi.runtime.trained import flatten_trained, read_meta
 
     align, instruct, flat = tmp_path / "align", tmp_path / "instruct", tmp_path / "flat"
     train(make_recipe("align", align, [{"format": "llava_plain", "path": str(shapes / "captions.json")}],
@@ -131,16 +132,16 @@ def test_flatten_rebases_a_chain_of_stages_onto_the_preset(tmp_path, shapes):
     assert len(meta["stages"]) == 2
     assert any(n.startswith("vision_tower.") for n in meta["non_lora_trainables"])  # from the align stage
     assert any(n.startswith("audio_projector.") for n in meta["non_lora_trainables"])  # from instruct
-    processor = presets.load("tiny").processor
-    chained = logits(presets.load(str(instruct)).model, processor)
-    flattened = logits(presets.load(str(flat)).model, processor)
+    processor = runtime.load("tiny").processor
+    chained = logits(runtime.load(str(instruct)).model, processor)
+    flattened = logits(runtime.load(str(flat)).model, processor)
     torch.testing.assert_close(flattened, chained, atol=1e-5, rtol=1e-5)
-    base = logits(presets.load("tiny").model, processor)
+    base = logits(runtime.load("tiny").model, processor)
     assert (base - flattened).abs().max() > 1e-3  # the flattened weights are not the base's
 
 
 def test_flatten_refuses_two_adapters(tmp_path, shapes):
-    from omniphi.train.outputs import flatten_trained
+    from omniphi.runtime.trained import flatten_trained
 
     first, second = tmp_path / "first", tmp_path / "second"
     data = [{"format": "llava", "path": str(shapes / "train.json")}]

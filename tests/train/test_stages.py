@@ -6,17 +6,17 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from omniphi import presets
+from omniphi import runtime
 from tests.train.conftest import FIXTURES, make_recipe, read_log, train, train_losses
 
 
 def base_state():
-    return {k: v.clone() for k, v in presets.load("tiny").model.state_dict().items()}
+    return {k: v.clone() for k, v in runtime.load("tiny").model.state_dict().items()}
 
 
 def changed_modules(output_dir, base):
     """Top-level modules whose weights differ from the base after loading the (merged) output."""
-    loaded = presets.load(str(output_dir)).model.state_dict()
+    loaded = runtime.load(str(output_dir)).model.state_dict()
     return {k.split(".")[0] for k, v in loaded.items() if k in base and not torch.equal(v, base[k])}
 
 
@@ -44,7 +44,7 @@ def test_text_stage_from_scratch_with_checkpointing(tmp_path, text_corpus):
     assert result.trainer.model.language_model.model.gradient_checkpointing
     losses = train_losses(out)
     assert losses[-1] < losses[0]
-    loaded = presets.load(str(out)).model
+    loaded = runtime.load(str(out)).model
     assert len(loaded.language_model.model.layers) == 1
     saved = load_file(str(out / "non_lora_trainables.safetensors"))
     assert all(k.startswith("language_model.") for k in saved)

@@ -1,0 +1,123 @@
+"""Which device and dtype a model runs in: `--device auto|cpu|cuda|cuda:N`, `--dtype auto|float32|bfloat16|float16`.
+
+`auto` dtype is bfloat16 on CUDA, and on a CPU only where bf16 measures faster than float32 at both
+things an answer does: a prompt-sized matmul (prefill, the encoders) and a batch-1 matrix-vector
+product over weights larger than the caches (decode). CPUs with AMX run both faster in bf16; others
+emulate it, and some (measured: an AVX-512-bf16 EPYC) run the matmul faster but decode slower. The probe takes a fraction of a second and its answer is cached per CPU and torch
+version in $OMNIPHI_CACHE/cpu_bf16_probe.json, so it runs once per machine.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import platform
+import time
+
+import torch
+
+from omniphi.errors import DeviceError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+PROBE_FILE = "cpu_bf16_probe.json"
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """`auto` → cuda when present, else cpu; a CUDA device that is not there is a `DeviceError`."""
+    text = str(device)
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        target = torch.device(text)
+    except RuntimeError:
+        raise DeviceError(f"unknown device {text!r}: expected auto, cpu, cuda or cuda:N") from None
+    if target.type == "cpu":
+        return target
+    if target.type != "cuda":
+        raise DeviceError(f"unsupported device {text!r}: expected auto, cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        raise DeviceError(f"--device {text}: this machine has no CUDA GPU (or this torch build has no CUDA); "
+                          f"use --device cpu or auto")
+    index = target.index or 0
+    if index >= torch.cuda.device_count():
+        raise DeviceError(f"--device {text}: there are only {torch.cuda.device_count()} CUDA devices")
+    return torch.device("cuda", index)
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16
+        return torch.bfloat16 if cpu_bf16_is_faster() else torch.float32
+    if dtype not in DTYPES:
+        raise DeviceError(f"unknown dtype {dtype!r}: expected auto, {', '.join(DTYPES)}")
+    if DTYPES[dtype] == torch.float16 and device.type == "cpu":
+        raise DeviceError("float16 runs only on a GPU here (CPU kernels for it are slow or missing); "
+                          "use bfloat16 or float32 on the CPU")
+    return DTYPES[dtype]
+
+
+@functools.cache
+def cpu_bf16_is_faster() -> bool:
+    """True when a bf16 matmul beats float32 on this CPU (measured once, cached on disk)."""
+    from omniphi.weights.cache import cache_dir
+
+    key = f"{platform.processor() or platform.machine()}|{_cpu_model()}|torch {torch.__version__}|{torch.get_num_threads()} threads"
+    path = cache_dir() / PROBE_FILE
+    try:
+        cached = json.loads(path.read_text())
+        if cached.get("key") == key:
+            return bool(cached["bf16_faster"])
+    except (OSError, ValueError, KeyError):
+        pass
+    fp32 = {"matmul": _matmul_seconds(torch.float32), "decode": _decode_seconds(torch.float32)}
+    bf16 = {"matmul": _matmul_seconds(torch.bfloat16), "decode": _decode_seconds(torch.bfloat16)}
+    # a clear win at both only: timings on a shared machine are noisy
+    faster = all(bf16[k] < fp32[k] * 0.8 for k in fp32)
+    try:
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps({"key": key, "bf16_faster": faster, "fp32_s": fp32, "bf16_s": bf16}))
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only cache only costs the probe next time
+    return faster
+
+
+def _matmul_seconds(dtype: torch.dtype, size: int = 512, repeats: int = 5) -> float:
+    """Best time of a prompt-sized matmul (what prefill and the encoders do most)."""
+    a = torch.randn(size, size * 2).to(dtype)
+    b = torch.randn(size * 2, size * 2).to(dtype)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def _decode_seconds(dtype: torch.dtype, rows: int = 8192, cols: int = 4096, repeats: int = 5) -> float:
+    """Best time of one token's matrix-vector product over 128 MB of float32 weights (64 MB bf16)."""
+    weight = torch.randn(rows, cols).to(dtype)
+    x = torch.randn(1, cols).to(dtype)
+    torch.nn.functional.linear(x, weight)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.nn.functional.linear(x, weight)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
