@@ -74,21 +74,24 @@ def resolve_choice(device: str, dtype: str | torch.dtype, quantize: str, preferr
 
 
 def preferred_defaults(spec: str) -> dict[str, str]:
-    """The model's recorded preferences for `auto`: its directory's runtime_defaults.json, else its
-    base's (a training output), else its preset's."""
+    """The model's recorded preferences for `auto`: its directory's runtime_defaults.json, else the
+    nearest base's in its chain of training stages, else its root preset's."""
     directory = _directory_of(spec)
-    while directory is not None:
-        path = directory / DEFAULTS_FILE
+    if directory is None:
+        return dict(presets.PRESET_DEFAULTS.get(spec, {}))
+    candidates = [directory]
+    root = spec
+    if trained.is_training_output(directory):
+        chain, root = trained.training_chain(directory)  # raises on a chain that loops
+        candidates = [stage for stage, _ in chain] + ([Path(root)] if _directory_of(root) else [])
+    for candidate in candidates:
+        path = candidate / DEFAULTS_FILE
         if path.is_file():
             try:
                 return dict(json.loads(path.read_text()))
             except (OSError, ValueError) as error:
                 raise ModelSpecError(f"cannot read {path}: {error}") from None
-        if not trained.is_training_output(directory):
-            return {}
-        spec = trained.resolve_base(trained.read_meta(directory), directory)
-        directory = _directory_of(spec)
-    return dict(presets.PRESET_DEFAULTS.get(spec, {}))
+    return dict(presets.PRESET_DEFAULTS.get(root, {}))
 
 
 def _directory_of(spec: str) -> Path | None:

@@ -1,0 +1,175 @@
+"""omniphi.runtime.load: every kind of spec, the dtype/device/quantize it applies, and what `auto` picks."""
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+from torch import nn
+
+from omniphi import presets, runtime
+from omniphi.errors import DeviceError, UserError, is_user_error
+from omniphi.runtime import devices, loading, trained
+from omniphi.runtime.quantize import Int4WeightOnlyLinear, Int8WeightOnlyLinear
+
+CONVERSATION = [{"role": "user", "content": [{"type": "image", "image": Image.new("RGB", (40, 30), (200, 20, 20))},
+                                             {"type": "text", "text": "What colour is the circle?"}]}]
+
+
+def logits(loaded):
+    batch = loaded.processor(CONVERSATION, add_generation_prompt=True, with_labels=False)
+    with torch.no_grad():
+        return loaded.model(**batch).logits[0].float()
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return runtime.load("tiny", device="cpu", dtype="float32")
+
+
+def test_preset_loads_on_the_cpu_in_float32_with_its_choice_recorded(reference):
+    assert reference.name == "omniphi-tiny"
+    assert reference.model.dtype == torch.float32
+    assert reference.model.runtime_choice == loading.RuntimeChoice(torch.device("cpu"), torch.float32, "none")
+
+
+def test_model_directory_loads_with_the_same_logits(reference, tmp_path):
+    loading.save_directory(reference, tmp_path)
+    loaded = runtime.load(str(tmp_path), device="cpu", dtype="float32")
+    torch.testing.assert_close(logits(loaded), logits(reference))
+
+
+def _training_output(directory, base: str, model: nn.Module, projector_weight: torch.Tensor):
+    """A training output in the format `omniphi train` writes, that changed one projector weight."""
+    directory.mkdir()
+    name = "multi_modal_projector.linear_1.weight"
+    save_file({name: projector_weight}, str(directory / trained.TRAINABLES_FILE))
+    meta = {"base": base, "base_fingerprint": trained.base_fingerprint(model), "format_version": trained.FORMAT_VERSION,
+            "has_adapter": False, "non_lora_trainables": [name]}
+    (directory / trained.MARKER).write_text(json.dumps(meta))
+    return name
+
+
+def test_training_output_applies_its_weights_on_its_base(reference, tmp_path):
+    new = torch.full_like(reference.model.multi_modal_projector.linear_1.weight, 0.01)
+    name = _training_output(tmp_path / "out", "tiny", reference.model, new)
+    loaded = runtime.load(str(tmp_path / "out"), device="cpu", dtype="float32")
+    assert torch.equal(loaded.model.state_dict()[name], new)
+    assert loaded.name == "omniphi-out"
+
+
+def test_a_chain_of_training_outputs_that_loops_is_a_clear_error(reference, tmp_path):
+    weight = reference.model.multi_modal_projector.linear_1.weight.detach().clone()
+    _training_output(tmp_path / "a", str(tmp_path / "b"), reference.model, weight)
+    _training_output(tmp_path / "b", str(tmp_path / "a"), reference.model, weight)
+    with pytest.raises(trained.TrainedOutputError, match="leads back to itself"):
+        runtime.load(str(tmp_path / "a"))
+
+
+def test_unknown_spec_is_a_user_error(tmp_path):
+    with pytest.raises(loading.ModelSpecError, match="unknown model 'no-such-model'") as caught:
+        runtime.load("no-such-model")
+    assert is_user_error(caught.value)
+    with pytest.raises(UserError, match="not an omniphi model directory"):
+        runtime.load(str(tmp_path))
+
+
+def test_dtype_is_applied_to_every_part():
+    loaded = runtime.load("tiny", device="cpu", dtype="bfloat16")
+    dtypes = {p.dtype for p in loaded.model.parameters()}
+    assert dtypes == {torch.bfloat16}
+
+
+@pytest.mark.parametrize("mode, layer_type, min_cosine", [("int8", Int8WeightOnlyLinear, 0.999),
+                                                          ("int4", Int4WeightOnlyLinear, 0.98)])
+def test_quantize_replaces_only_the_llms_decoder_linears(reference, mode, layer_type, min_cosine):
+    loaded = runtime.load("tiny", device="cpu", dtype="float32", quantize=mode)
+    llm = loaded.model.language_model
+    decoder = [m for n, m in llm.named_modules() if ".layers." in n and isinstance(m, (nn.Linear, layer_type))]
+    assert decoder and all(type(m) is layer_type for m in decoder)
+    assert type(llm.get_output_embeddings()) is nn.Linear  # the head keeps its precision
+    for tower in (loaded.model.vision_tower, loaded.model.multi_modal_projector, loaded.model.audio_projector):
+        assert not any(isinstance(m, (Int8WeightOnlyLinear, Int4WeightOnlyLinear)) for m in tower.modules())
+    quantized, full = logits(loaded), logits(reference)
+    cosine = torch.cosine_similarity(quantized, full, dim=-1)
+    assert cosine.min() > min_cosine, cosine
+    assert (quantized - full).abs().max() > 0  # the layers really changed the arithmetic
+
+
+def test_quantized_layers_compute_with_their_stored_weights():
+    torch.manual_seed(0)
+    linear = nn.Linear(256, 48)
+    x = torch.randn(5, 256)
+    int8 = Int8WeightOnlyLinear(linear, torch.bfloat16)
+    expected = x @ int8.dequantized_weight().T + linear.bias
+    torch.testing.assert_close(int8(x), expected, atol=0.05, rtol=0.02)
+    int4 = Int4WeightOnlyLinear(linear, group_size=64)
+    step = (linear.weight.max() - linear.weight.min()) / 15  # at most one 4-bit step per weight
+    assert (int4(x) - linear(x)).abs().max() < step * x.abs().sum(dim=1).max()
+    assert torch.cosine_similarity(int4(x).flatten(), linear(x).flatten(), dim=0) > 0.99
+
+
+def test_model_directory_preferences_fill_in_auto(reference, tmp_path):
+    loading.save_directory(reference, tmp_path / "model", defaults={"dtype": "bfloat16", "quantize": "int8"})
+    preferred = runtime.load(str(tmp_path / "model"), device="cpu", quantize="auto")
+    assert preferred.model.runtime_choice.dtype == torch.bfloat16
+    assert preferred.model.runtime_choice.quantize == "int8"
+    explicit = runtime.load(str(tmp_path / "model"), device="cpu", dtype="float32")  # what the user says wins
+    assert explicit.model.runtime_choice.dtype == torch.float32 and explicit.model.runtime_choice.quantize == "none"
+    # a training output on that directory inherits its preferences
+    _training_output(tmp_path / "out", str(tmp_path / "model"), preferred.model,
+                     reference.model.multi_modal_projector.linear_1.weight.detach().clone())
+    assert loading.preferred_defaults(str(tmp_path / "out")) == {"dtype": "bfloat16", "quantize": "int8"}
+
+
+def test_tiny_preset_prefers_float32_whatever_the_cpu(monkeypatch):
+    monkeypatch.setattr(devices, "cpu_bf16_is_faster", lambda: True)
+    assert runtime.load("tiny", device="cpu").model.dtype == torch.float32
+    assert loading.resolve_choice("cpu", "auto", "none", {}).dtype == torch.bfloat16
+
+
+def test_cuda_without_a_gpu_is_a_device_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(DeviceError, match="no CUDA GPU"):
+        runtime.load("tiny", device="cuda")
+    assert devices.resolve_device("auto") == torch.device("cpu")
+    with pytest.raises(DeviceError, match="unknown device"):
+        devices.resolve_device("gpu0")
+    with pytest.raises(DeviceError, match="float16 runs only on a GPU"):
+        devices.resolve_dtype("float16", torch.device("cpu"))
+
+
+def test_bf16_probe_runs_once_per_machine(monkeypatch, tmp_path):
+    monkeypatch.setenv("OMNIPHI_CACHE", str(tmp_path))
+    calls = []
+
+    def timed(dtype, **_):
+        calls.append(dtype)
+        return 1.0 if dtype == torch.float32 else 0.3
+
+    monkeypatch.setattr(devices, "_matmul_seconds", timed)
+    monkeypatch.setattr(devices, "_decode_seconds", timed)
+    devices.cpu_bf16_is_faster.cache_clear()
+    try:
+        assert devices.cpu_bf16_is_faster() is True
+        assert len(calls) == 4 and (tmp_path / devices.PROBE_FILE).is_file()
+        devices.cpu_bf16_is_faster.cache_clear()  # a new process: the answer comes from the file
+        assert devices.cpu_bf16_is_faster() is True and len(calls) == 4
+    finally:
+        devices.cpu_bf16_is_faster.cache_clear()
+
+
+def test_bf16_slower_at_decode_keeps_float32(monkeypatch, tmp_path):
+    monkeypatch.setenv("OMNIPHI_CACHE", str(tmp_path))
+    monkeypatch.setattr(devices, "_matmul_seconds", lambda dtype, **_: 1.0 if dtype == torch.float32 else 0.3)
+    monkeypatch.setattr(devices, "_decode_seconds", lambda dtype, **_: 1.0 if dtype == torch.float32 else 1.6)
+    devices.cpu_bf16_is_faster.cache_clear()
+    try:
+        assert devices.cpu_bf16_is_faster() is False
+    finally:
+        devices.cpu_bf16_is_faster.cache_clear()
+
+
+def test_missing_weights_is_a_user_error():
+    assert is_user_error(presets.MissingWeightsError("x"))
