@@ -191,22 +191,25 @@ class DecodeBatch:
     def step(self) -> list[Sequence]:
         """Drop cancelled members, decode one token for every other member; returns those that finished
         (already removed, their events complete)."""
-        finished = [s for s in self.members if s.check_cancel()]
-        if len(finished) < len(self.members):
-            inputs = torch.tensor([[s.pending_token] for s in self.members], device=self.device)
-            mask = torch.cat([self._mask, torch.ones_like(self._mask[:, :1])], 1)
-            out = self.lm(input_ids=inputs, attention_mask=mask, position_ids=self._positions[:, None],
-                          cache=self._cache, use_cache=True)
-            self._mask, self._positions = mask, self._positions + 1
-            logits = out.logits[:, -1]
-            for row, sequence in enumerate(self.members):
-                if not sequence.finished:
-                    sequence.choose(logits[row])
-                    if sequence.finished:
-                        finished.append(sequence)
+        cancelled = [s for s in self.members if s.check_cancel()]
+        if cancelled:  # out before the forward pass, so their key/values end at their last fed token
+            self._retire(cancelled)
+        if not self.members:
+            return cancelled
+        inputs = torch.tensor([[s.pending_token] for s in self.members], device=self.device)
+        mask = torch.cat([self._mask, torch.ones_like(self._mask[:, :1])], 1)
+        out = self.lm(input_ids=inputs, attention_mask=mask, position_ids=self._positions[:, None],
+                      cache=self._cache, use_cache=True)
+        self._mask, self._positions = mask, self._positions + 1
+        logits = out.logits[:, -1]
+        finished = []
+        for row, sequence in enumerate(self.members):
+            sequence.choose(logits[row])
+            if sequence.finished:
+                finished.append(sequence)
         if finished:
             self._retire(finished)
-        return finished
+        return cancelled + finished
 
     def _retire(self, done: list[Sequence]) -> None:
         layers = self._layers()
