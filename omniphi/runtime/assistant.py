@@ -259,15 +259,15 @@ class Assistant:
         Token events, then exactly one Done. Setting `cancel` stops generation within one token
         (Done.finish_reason == "cancelled")."""
         sequence = self.begin(messages, settings, audio_mode=audio_mode, cancel=cancel, ignore_eos=ignore_eos)
-        yield from _drain(sequence)
+        yield from sequence.take_events()
         self.prefill(sequence)
-        yield from _drain(sequence)
+        yield from sequence.take_events()
         if not sequence.finished:
             batch = self.new_batch()
             batch.add(sequence)
             while not sequence.finished:
                 batch.step()
-                yield from _drain(sequence)
+                yield from sequence.take_events()
 
     def complete(self, messages: Conversation, settings: GenerationSettings, *, audio_mode: AudioMode = "native",
                  ignore_eos: bool = False) -> Reply:
@@ -332,14 +332,9 @@ def _content_hash(*tensors: torch.Tensor) -> str:
     return digest.hexdigest()
 
 
-def _drain(sequence: Sequence) -> Iterator[Event]:
-    while sequence.events:
-        yield sequence.events.popleft()
-
-
 def _reply(sequence: Sequence) -> Reply:
     text, transcripts, done = [], [], None
-    for event in _drain(sequence):
+    for event in sequence.take_events():
         if isinstance(event, Token):
             text.append(event.text)
         elif isinstance(event, Transcript):

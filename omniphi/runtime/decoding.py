@@ -57,6 +57,12 @@ class Sequence:
             else:
                 self.generator.seed()
 
+    def take_events(self) -> list[Event]:
+        """The events produced since the last call, oldest first."""
+        events = list(self.events)
+        self.events.clear()
+        return events
+
     @property
     def finished(self) -> bool:
         return self.finish_reason is not None
