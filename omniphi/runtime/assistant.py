@@ -199,12 +199,27 @@ class Assistant:
         settings.validate()
         started = time.perf_counter()
         prepared, transcripts = self._prepare(messages, audio_mode)
-        sample = self._encode_prompt(prepared)
+        sequence = self._sequence(self._encode_prompt(prepared), settings, cancel, ignore_eos, started)
+        sequence.events.extend(Transcript(i, text) for i, text in enumerate(transcripts))
+        return sequence
+
+    def begin_text(self, text: str, settings: GenerationSettings, *, cancel: threading.Event | None = None,
+                   ignore_eos: bool = False) -> Sequence:
+        """Like `begin`, for continuing plain text: the tokenizer's own special tokens, no chat
+        template, no media."""
+        settings.validate()
+        started = time.perf_counter()
+        ids = self.processor.tokenizer(text)["input_ids"]
+        if not ids or len(ids) >= self.context_tokens:
+            raise SampleTooLongError(f"the text has {len(ids)} tokens; the model's context is {self.context_tokens}")
+        sample = EncodedSample(torch.tensor(ids, dtype=torch.long), None, torch.zeros(0, 3, 1, 1))
+        return self._sequence(sample, settings, cancel, ignore_eos, started)
+
+    def _sequence(self, sample: EncodedSample, settings, cancel, ignore_eos, started) -> Sequence:
         prompt_tokens = len(sample.input_ids)
         sequence = Sequence(settings, decode=self.processor.decode, stop_token_ids=self.processor.stop_token_ids,
                             max_new_tokens=min(settings.max_new_tokens, self.context_tokens - prompt_tokens),
                             cancel=cancel, ignore_eos=ignore_eos, started=started)
-        sequence.events.extend(Transcript(i, text) for i, text in enumerate(transcripts))
         sequence.prompt_tokens = prompt_tokens
         keys, runs = self._position_keys(sample)
         sequence.prompt_keys, sequence.prompt = keys, _Prompt(sample, runs)
@@ -290,6 +305,13 @@ class Assistant:
                 sequences.append(None)
         self._run([s for s in sequences if s is not None])
         return [None if s is None else _reply(s) for s in sequences]
+
+    def continue_texts(self, texts: list[str], settings: GenerationSettings | list[GenerationSettings]) -> list[Reply]:
+        """Continue several plain texts together (see `begin_text`); one settings or one per text."""
+        each = settings if isinstance(settings, list) else [settings] * len(texts)
+        sequences = [self.begin_text(text, s) for text, s in zip(texts, each, strict=True)]
+        self._run(sequences)
+        return [_reply(s) for s in sequences]
 
     def _run(self, sequences: list[Sequence]) -> None:
         batch = self.new_batch()
