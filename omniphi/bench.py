@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass
 
@@ -71,6 +72,10 @@ def run_bench(args) -> int:
     for result in results:
         print(json.dumps(asdict(result)) if args.json else _line(result), flush=True)
     return 0
+
+
+def _progress(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
 
 
 def _device(name: str) -> torch.device:
@@ -213,12 +218,16 @@ def bench(spec: str, *, device: torch.device, dtypes: list[str], new_tokens: int
     from omniphi import presets
     from omniphi.runtime.assistant import Assistant
 
+    _progress(f"loading {spec} (float32)")
     loaded = presets.load(spec, dtype=torch.float32)
     loaded.model.to(device)
     bandwidth = measure_bandwidth(device)
+    _progress(f"bandwidth {bandwidth:.1f} GB/s; baseline: transformers generate, float32")
     baseline_decode, baseline_ttft = baseline(loaded, new_tokens, device)
+    _progress(f"baseline: decode {baseline_decode:.2f} tok/s, TTFT {baseline_ttft:.2f} s")
     results = []
     for dtype in sorted(dict.fromkeys(dtypes), key=lambda d: -getattr(torch, d).itemsize):
+        _progress(f"{dtype}: the Assistant")
         loaded.model.to(getattr(torch, dtype))
         assistant = Assistant(loaded)
         numbers = measure(assistant, new_tokens, device)

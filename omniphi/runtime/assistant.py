@@ -22,7 +22,6 @@ from typing import Iterator
 
 import numpy as np
 import torch
-from transformers import DynamicCache
 
 from omniphi import presets
 from omniphi.chat import (
@@ -40,7 +39,7 @@ from omniphi.model.audio_encoder import audio_token_count
 from omniphi.model.modeling import PlaceholderMismatchError
 from omniphi.processing import EncodedSample, SampleTooLongError, pad_audio_windows
 from omniphi.runtime.caches import MediaCache, PrefixCache
-from omniphi.runtime.decoding import KV, DecodeBatch, Sequence
+from omniphi.runtime.decoding import KV, DecodeBatch, Sequence, new_cache
 
 KV_CACHE_BYTES = 2 << 30  # key/values of recent conversations (Phi-2 in bf16: ~0.33 MB per token)
 MEDIA_CACHE_BYTES = 512 << 20  # projected image/audio features (Phi-2: 5.9 MB per image in fp32)
@@ -235,7 +234,7 @@ class Assistant:
         keys = sequence.prompt_keys
         # The last position is always run: its logits give the first token.
         entry, reused = self.prefix_cache.longest_prefix(keys, limit=len(keys) - 1)
-        cache = DynamicCache(ddp_cache_data=entry.cropped(reused)) if reused else DynamicCache()
+        cache = new_cache(entry.cropped(reused) if reused else None)
         out = self.model.language_model(
             inputs_embeds=self._embed(prompt, reused),
             attention_mask=torch.ones(1, len(keys), dtype=torch.long, device=self.device),
@@ -258,7 +257,7 @@ class Assistant:
         keys = sequence.cached_keys
         if kv[0][0].shape[2] != len(keys):
             raise RuntimeError(f"key/values cover {kv[0][0].shape[2]} positions, the sequence {len(keys)}")
-        self.prefix_cache.put(keys, kv)
+        self.prefix_cache.put(keys, [(k.contiguous(), v.contiguous()) for k, v in kv])  # no spare room kept
 
     # -- answering ----------------------------------------------------------------------------------------
     def stream(

@@ -20,6 +20,7 @@ from typing import Callable
 
 import torch
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 from omniphi.chat import Done, Event, GenerationSettings, Token
 
@@ -147,6 +148,58 @@ def _first_stop(text: str, stops: list[str]) -> int | None:
     return min(positions) if positions else None
 
 
+class GrowingLayer(DynamicLayer):
+    """A key/value layer that writes new positions into spare room instead of concatenating.
+
+    transformers' DynamicLayer copies the whole cache at every step (torch.cat); that traffic is
+    comparable to reading quantised weights. This one grows its buffers geometrically and exposes
+    views of the filled part, so a decode step writes one position per layer."""
+
+    _STEP = 256  # buffers grow to a multiple of this many positions
+
+    def __init__(self):
+        super().__init__()
+        self._key_buffer: torch.Tensor | None = None
+        self._value_buffer: torch.Tensor | None = None
+        self._filled = 0
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        needed = self._filled + key_states.shape[-2]
+        if self._key_buffer is None or needed > self._key_buffer.shape[-2]:
+            capacity = max(needed, 2 * self._filled)
+            capacity = -(-capacity // self._STEP) * self._STEP
+            self._key_buffer = self._grow(self._key_buffer, key_states, capacity)
+            self._value_buffer = self._grow(self._value_buffer, value_states, capacity)
+        self._key_buffer[:, :, self._filled:needed] = key_states
+        self._value_buffer[:, :, self._filled:needed] = value_states
+        self._filled = needed
+        self.keys = self._key_buffer[:, :, :needed]
+        self.values = self._value_buffer[:, :, :needed]
+        return self.keys, self.values
+
+    def _grow(self, old: torch.Tensor | None, like: torch.Tensor, capacity: int) -> torch.Tensor:
+        shape = list(like.shape)
+        shape[-2] = capacity
+        buffer = like.new_empty(shape)
+        if old is not None:
+            buffer[:, :, :self._filled] = old[:, :, :self._filled]
+        return buffer
+
+
+def new_cache(kv: KV | None = None) -> DynamicCache:
+    """A cache of GrowingLayers, filled with `kv` when given."""
+    cache = DynamicCache()
+    if kv is not None:
+        cache.layers = [GrowingLayer() for _ in kv]
+        for layer, (keys, values) in zip(cache.layers, kv):
+            layer.update(keys, values)
+    else:
+        cache.layer_class_to_replicate = GrowingLayer
+    return cache
+
+
 class DecodeBatch:
     """The running decode batch of one language model. Not thread-safe: one thread drives it."""
 
@@ -173,7 +226,7 @@ class DecodeBatch:
         row_mask = torch.ones(1, length, dtype=torch.long, device=device)
         row_position = torch.tensor([length], dtype=torch.long, device=device)
         if not self.members:
-            self._cache = DynamicCache(ddp_cache_data=kv)
+            self._cache = new_cache(kv)
             self._mask, self._positions = row_mask, row_position
         else:
             current = self._mask.shape[1]
@@ -185,7 +238,7 @@ class DecodeBatch:
                 layers = [(_pad_left(k, length - current), _pad_left(v, length - current)) for k, v in layers]
                 self._mask = _pad_left(self._mask, length - current)
             merged = [(torch.cat([k, rk]), torch.cat([v, rv])) for (k, v), (rk, rv) in zip(layers, kv)]
-            self._cache = DynamicCache(ddp_cache_data=merged)
+            self._cache = new_cache(merged)
             self._mask = torch.cat([self._mask, row_mask])
             self._positions = torch.cat([self._positions, row_position])
         self.members.append(sequence)
@@ -231,8 +284,8 @@ class DecodeBatch:
         index = torch.tensor(keep, device=self.device)
         mask = self._mask.index_select(0, index)
         drop = int((mask.sum(0) == 0).long().cumprod(0).sum())  # columns of padding shared by every row
-        self._cache = DynamicCache(ddp_cache_data=[(k.index_select(0, index)[:, :, drop:], v.index_select(0, index)[:, :, drop:])
-                                                   for k, v in layers])
+        self._cache = new_cache([(k.index_select(0, index)[:, :, drop:], v.index_select(0, index)[:, :, drop:])
+                                 for k, v in layers])
         self._mask = mask[:, drop:]
         self._positions = self._positions.index_select(0, index)
         self.members = [self.members[row] for row in keep]
