@@ -15,6 +15,7 @@ a new one joins at the next step.
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from typing import Callable
 
@@ -45,6 +46,8 @@ class Sequence:
         self.logprobs: list[float] = []  # log p of each sampled token under the model (before temperature)
         self.prompt_keys: list = []  # position keys of the prompt (see caches.PositionKey)
         self.prompt_tokens = 0
+        self.prompt = None  # what prefill needs (set by the Assistant, dropped after prefill)
+        self.reused_tokens = 0  # prompt positions whose key/values came from the prefix cache
         self.kv: KV | None = None  # the prompt's key/values after prefill, until it joins a batch
         self.finish_reason: str | None = None
         self.seconds = 0.0
@@ -96,9 +99,7 @@ class Sequence:
             self.finish("stop")
             return
         text = self.text()
-        if text.endswith("\ufffd"):  # a multi-byte character split across tokens: wait for the rest
-            pass
-        else:
+        if not text.endswith("\ufffd"):  # else a multi-byte character is split across tokens: wait for the rest
             cut = _first_stop(text, self.settings.stop)
             if cut is not None:
                 if cut > self._emitted:
@@ -125,11 +126,9 @@ class Sequence:
             self.events.append(Token(text[self._emitted:]))
             self._emitted = len(text)
 
-    def finish(self, reason: str, seconds: float | None = None) -> None:
-        import time
-
+    def finish(self, reason: str) -> None:
         self.finish_reason = reason
-        self.seconds = time.perf_counter() - self.started if seconds is None else seconds
+        self.seconds = time.perf_counter() - self.started
         self.events.append(Done(reason, self.prompt_tokens, len(self.token_ids), self.seconds))
 
 
