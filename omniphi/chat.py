@@ -86,6 +86,8 @@ class Done:
     prompt_tokens: int
     completion_tokens: int
     seconds: float = 0.0
+    token_ids: list[int] = field(default_factory=list)  # the answer's tokens (a final EOS included)
+    logprobs: list[float] = field(default_factory=list)  # log p of each of them under the model
 
 
 Event = Union[Transcript, Token, Done]
@@ -101,3 +103,5 @@ class Reply:
     prompt_tokens: int
     completion_tokens: int
     seconds: float = 0.0
+    token_ids: list[int] = field(default_factory=list)  # the answer's tokens (a final EOS included)
+    logprobs: list[float] = field(default_factory=list)  # log p of each of them under the model

@@ -1,4 +1,4 @@
-"""`omniphi` command line: ask, chat, transcribe, serve, data, train, merge, eval, export/import.
+"""`omniphi` command line: ask, chat, transcribe, serve, data, train, merge, eval, bench, export/import.
 
 Bad files and arguments end with one line on stderr and exit status 2, never a traceback
 (set OMNIPHI_DEBUG=1 to see one). Heavy imports happen inside the commands so `--help` is instant.
@@ -206,6 +206,7 @@ _PLUGGED_COMMANDS = [
     ("train", "omniphi.train.cli", "add_train_arguments", "run_train"),
     ("merge", "omniphi.train.cli", "add_merge_arguments", "run_merge"),
     ("eval", "omniphi.eval.cli", "add_eval_arguments", "run_eval"),
+    ("bench", "omniphi.bench", "add_bench_arguments", "run_bench"),
 ]
 
 
@@ -215,6 +216,7 @@ _PLUGGED_HELP = {
     "train": "train with a YAML recipe",
     "merge": "merge a LoRA training output into a full model",
     "eval": "evaluate on a benchmark",
+    "bench": "measure decode speed, time to first token, reuse and batching against plain transformers",
 }
 
 

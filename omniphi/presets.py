@@ -7,6 +7,7 @@
 - "starter-base": the same parts before that training (seeded random tower and projectors), the base
              `make starter` trains from
 - "tiny":    random, small, instant — for tests
+- "phi2-random": random weights at the phi2 preset's exact sizes, no download — speed measurements only
 
 This module says what each preset is made of and builds it; `omniphi.runtime.load` (the loading
 layer above it) loads presets, model directories and training outputs onto a device, in a dtype.
@@ -37,7 +38,7 @@ from omniphi.model import OmniForConditionalGeneration
 from omniphi.model.projectors import AudioProjector, VisionProjector
 from omniphi.processing import OmniProcessor
 
-PRESETS = ("starter", "starter-base", "phi2", "tiny")
+PRESETS = ("starter", "starter-base", "phi2", "tiny", "phi2-random")
 TRANSCRIBER_DIR = "transcriber"  # a model directory keeps Whisper (encoder + decoder) for transcripts here
 
 
@@ -55,7 +56,8 @@ class LoadedModel:
 
 def build(name: str, dtype: torch.dtype = torch.float32) -> LoadedModel:
     """A preset assembled from its parts (not "starter": that one is a directory, `packaged_directory`)."""
-    builders = {"starter-base": load_starter_base, "phi2": load_phi2, "tiny": load_tiny}
+    builders = {"starter-base": load_starter_base, "phi2": load_phi2, "tiny": load_tiny,
+                "phi2-random": load_phi2_random}
     return builders[name](dtype=dtype)
 
 
@@ -251,6 +253,17 @@ def load_phi2(dtype: torch.dtype = torch.float32) -> LoadedModel:
     model, processor = assemble(language_model, tokenizer, vision_tower=loaded["vision"], whisper=whisper,
                                 chat_template_name="llava-phi")
     return LoadedModel(model, processor, _transcriber(whisper, whisper_processor), "omniphi-phi2")
+
+
+def load_phi2_random(dtype: torch.dtype = torch.float32) -> LoadedModel:
+    """Phi-2 + CLIP-L/336 + Whisper-tiny sizes with random weights (see weights/phi2_random.py): its
+    answers are noise; it exists so that `omniphi bench` measures the mission model's speed offline."""
+    from omniphi.weights.phi2_random import phi2_random_parts
+
+    language_model, tokenizer, vision_tower, whisper = phi2_random_parts(dtype)
+    model, processor = assemble(language_model, tokenizer, vision_tower=vision_tower, whisper=whisper,
+                                chat_template_name="llava-phi")
+    return LoadedModel(model, processor, None, "omniphi-phi2-random-speed-only")
 
 
 def load_preset_transcriber(name: str):

@@ -12,10 +12,10 @@ Conditions: every item is answered under one or more *conditions*, side by side:
   audio." answered by the LLM).
 * perplexity: ``text``.
 
-Batching: a batch's conversations are encoded with the assistant's processor, left-padded and
-generated together (``model.generate`` returns only new tokens; batched left-padded greedy
-decoding equals one-at-a-time decoding). Anything without ``model``/``processor`` — a scripted
-test double, a remote client — is asked one conversation at a time through ``complete``.
+Batching: a batch's conversations are answered together by ``Assistant.complete_batch`` (batched
+greedy decoding equals one-at-a-time decoding; the shared prompt prefix is computed once).
+Anything without ``complete_batch`` — a scripted test double, a remote client — is asked one
+conversation at a time through ``complete``. Perplexity comes from ``Assistant.token_logprobs``.
 """
 
 from __future__ import annotations
@@ -41,47 +41,20 @@ RESULTS_VERSION = 1
 
 
 def _can_batch(assistant) -> bool:
-    processor = getattr(assistant, "processor", None)
-    return getattr(assistant, "model", None) is not None and hasattr(processor, "collate") and hasattr(processor, "encode")
+    return callable(getattr(assistant, "complete_batch", None))
 
 
 def generate_answers(assistant, conversations: Sequence[list], max_new_tokens: int) -> list[str | None]:
     """Greedy answers, stripped; None for a prompt longer than the model's context."""
+    from omniphi.chat import GenerationSettings
+
     if not conversations:
         return []
+    settings = GenerationSettings(max_new_tokens=max_new_tokens)
     if not _can_batch(assistant):
-        from omniphi.chat import GenerationSettings
-
-        settings = GenerationSettings(max_new_tokens=max_new_tokens)
         return [assistant.complete(c, settings, audio_mode="native").text.strip() for c in conversations]
-
-    import torch
-
-    processor, model = assistant.processor, assistant.model
-    context = int(getattr(assistant, "context_tokens", 0) or 1 << 30)
-    samples = [processor.encode(c, add_generation_prompt=True, with_labels=False) for c in conversations]
-    fits = [len(s.input_ids) < context for s in samples]
-    kept = [s for s, ok in zip(samples, fits) if ok]
-    answers: list[str | None] = [None] * len(samples)
-    if not kept:
-        return answers
-    batch = processor.collate(kept, padding_side="left")
-    device = model.get_input_embeddings().weight.device
-    batch = {k: v.to(device) for k, v in batch.items()}
-    # The longest prompt bounds every row (Assistant.stream bounds each prompt by itself; the two
-    # differ only for prompts within max_new_tokens of the context limit).
-    max_new = max(1, min(max_new_tokens, context - int(batch["input_ids"].shape[1])))
-    stop = set(processor.stop_token_ids)
-    with torch.inference_mode():
-        out = model.generate(**batch, max_new_tokens=max_new, do_sample=False,
-                             eos_token_id=processor.stop_token_ids, pad_token_id=processor.pad_token_id)
-    rows = iter(out.tolist())
-    for i, ok in enumerate(fits):
-        if ok:
-            tokens = next(rows)
-            cut = next((k for k, t in enumerate(tokens) if t in stop), len(tokens))
-            answers[i] = processor.decode(tokens[:cut]).strip()
-    return answers
+    replies = assistant.complete_batch(list(conversations), settings, skip_too_long=True)
+    return [None if reply is None else reply.text.strip() for reply in replies]
 
 
 def has_transcriber(assistant) -> bool:
@@ -380,11 +353,9 @@ def perplexity_windows(n_tokens: int, window: int, stride: int) -> list[tuple[in
 
 
 def _run_perplexity(assistant, item: Item, limit, window, stride, progress):
-    import torch
-
-    if not _can_batch(assistant):
+    if not callable(getattr(assistant, "token_logprobs", None)):
         raise EvalError("perplexity needs a loaded model (its token probabilities)")
-    model, tokenizer = assistant.model, assistant.processor.tokenizer
+    tokenizer = assistant.processor.tokenizer
     context = int(getattr(assistant, "context_tokens", 2048))
     window = window or min(context, 1024)
     stride = stride or max(1, window // 2)
@@ -398,20 +369,15 @@ def _run_perplexity(assistant, item: Item, limit, window, stride, progress):
     if len(ids) < 2:
         raise EvalError("the text has fewer than 2 tokens")
     spans = perplexity_windows(len(ids), window, stride)[: limit or None]
-    device = model.get_input_embeddings().weight.device
     records = []
     bar = _progress(len(spans), "perplexity", progress)
     try:
-        with torch.inference_mode():
-            for k, (begin, end, first) in enumerate(spans):
-                x = torch.tensor([ids[begin:end]], device=device)
-                logits = model(input_ids=x, attention_mask=torch.ones_like(x)).logits[0].float()
-                logp = torch.log_softmax(logits[:-1], dim=-1)  # row j predicts token begin+j+1
-                nll = -logp.gather(1, x[0, 1:, None])[:, 0]
-                scored = nll[first - begin - 1:]
-                records.append({"id": f"window-{k}", "begin": begin, "end": end,
-                                "results": {"text": {"tokens": int(scored.numel()), "nll": float(scored.double().sum())}}})
-                bar.update(1)
+        for k, (begin, end, first) in enumerate(spans):
+            nll = -assistant.token_logprobs(ids[begin:end])  # entry j scores token begin+j+1
+            scored = nll[first - begin - 1:]
+            records.append({"id": f"window-{k}", "begin": begin, "end": end,
+                            "results": {"text": {"tokens": int(scored.numel()), "nll": float(scored.double().sum())}}})
+            bar.update(1)
     finally:
         bar.close()
     tokens = sum(r["results"]["text"]["tokens"] for r in records)

@@ -1,13 +1,16 @@
 """The serving engine: owns the Assistant and decides how work runs.
 
-The Assistant (a model) is not thread-safe, so one worker thread runs every request — chat
-generations and transcriptions alike — one at a time, in arrival order. The HTTP layer only
-sees `reserve()` / `submit()` and the `Job` it gets back (an async- or sync-iterable of
-`omniphi.chat` events), so batched decode, KV-cache reuse across turns or an embedding cache
-can replace `_run` later without touching the API or the page.
+The Assistant (a model) is not thread-safe, so one worker thread drives it. Requests start in
+arrival order. With an Assistant that exposes its decoding steps (`begin`, `prefill`,
+`new_batch`), up to `max_batch` chat requests decode together: each new one is prefilled on its
+own (reusing the Assistant's cached prefixes) and joins the running batch at the next step, with
+its own sampling settings, stop strings and token budget; a member that finishes or is cancelled
+leaves at the step it happens. A transcription, or an assistant that only offers `stream` (a
+test double), runs one at a time. The HTTP layer only sees `reserve()` / `submit()` and the
+`Job` it gets back (an async- or sync-iterable of `omniphi.chat` events).
 
-Backpressure: a bounded number of requests may wait; beyond that `QueueFull` (→ 429 with
-Retry-After). Each request has a deadline counted from submission (queue time included):
+Backpressure: besides the running ones, a bounded number of requests may wait; beyond that
+`QueueFull` (→ 429 with Retry-After). Each request has a deadline counted from submission (queue time included):
 past it the generation is cancelled and the job ends with `RequestTimedOut`. A consumer that
 goes away calls `Job.cancel()`, which sets the `cancel` Event the Assistant polls every token.
 """
@@ -108,6 +111,9 @@ class Job:
         self.finish_value: Any = None
         self._on_finish = on_finish
         self._abort: EngineError | None = None  # why the engine (not the client) cancelled it
+        self._text: list[str] = []  # the answer so far (engine thread)
+        self._timer: threading.Timer | None = None  # fires at the deadline (engine thread)
+        self._started = 0.0  # time.monotonic() when the engine took it up
         self._cond = threading.Condition()
         self._events: deque = deque()
         self._finished = False
@@ -249,10 +255,14 @@ class Reservation:
 
 class Engine:
     def __init__(self, assistant, max_queue: int = 8, request_timeout_s: float = 300.0, *,
-                 stall_grace_s: float = 30.0):
+                 stall_grace_s: float = 30.0, max_batch: int = 4):
         if max_queue < 0:
             raise ValueError("max_queue must be >= 0")
+        if max_batch < 1:
+            raise ValueError("max_batch must be >= 1")
         self.assistant = assistant
+        self.batching = all(callable(getattr(assistant, name, None)) for name in ("begin", "prefill", "new_batch"))
+        self.max_batch = max_batch if self.batching else 1
         self.model_name: str = getattr(assistant, "name", "omniphi")
         self.max_queue = max_queue
         self.request_timeout_s = float(request_timeout_s)
@@ -260,7 +270,7 @@ class Engine:
         self._cond = threading.Condition()
         self._queue: deque[Job] = deque()
         self._reserved = 0
-        self._running: Job | None = None
+        self._active: list[Job] = []  # started, not finished, in start order
         self._stopped = False
         self._avg_seconds = 2.0  # moving average of job durations, for Retry-After
         self._thread = threading.Thread(target=self._work, name="omniphi-engine", daemon=True)
@@ -289,31 +299,37 @@ class Engine:
         return self._enqueue(request, on_finish, reserved=False)
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Refuse new work, cancel the running job, fail the waiting ones (EngineStopped)."""
+        """Refuse new work, cancel the running jobs, fail the waiting ones (EngineStopped)."""
         with self._cond:
             self._stopped = True
             pending = [job for job in self._queue]
             self._queue.clear()
-            running = self._running
+            running = list(self._active)
             self._cond.notify_all()
         for job in pending:
             job.result.error = EngineStopped("The server is shutting down.")
             job._finish()
-        if running is not None:
-            running._abort = EngineStopped("The server is shutting down.")
-            running.cancel_event.set()
+        for job in running:
+            job._abort = EngineStopped("The server is shutting down.")
+            job.cancel_event.set()
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout)
 
     # -- internals ----------------------------------------------------------------------------
+    @property
+    def _running(self) -> Job | None:
+        """The oldest running job, if any."""
+        active = self._active
+        return active[0] if active else None
+
     def _waiting(self) -> int:
         return sum(1 for job in self._queue if not job.cancel_event.is_set()) + self._reserved
 
     def _check_capacity(self) -> None:
         if self._stopped or not self._thread.is_alive():
             raise EngineStopped()
-        in_system = self._waiting() + (1 if self._running is not None else 0)
-        if in_system >= self.max_queue + 1:  # one running + max_queue waiting
+        in_system = self._waiting() + len(self._active)
+        if in_system >= self.max_queue + self.max_batch:  # up to max_batch running + max_queue waiting
             retry = math.ceil(self._avg_seconds * max(1, self._waiting()) / 2)
             raise QueueFull(retry_after=min(max(retry, 1), 60))
 
@@ -339,6 +355,9 @@ class Engine:
         return job
 
     def _work(self) -> None:
+        if self.batching:
+            self._work_batched()
+            return
         while True:
             with self._cond:
                 while not self._queue and not self._stopped:
@@ -346,61 +365,134 @@ class Engine:
                 if self._stopped:
                     return
                 job = self._queue.popleft()
-                self._running = job
-            started = time.monotonic()
+                self._active.append(job)
             try:
-                self._run(job)
+                if self._start(job):
+                    self._run_stream(job)
             except BaseException:  # noqa: BLE001 — the worker must survive anything a job does
                 log.exception("engine worker: unexpected failure")
-            finally:
-                with self._cond:
-                    self._running = None
-                    self._avg_seconds = 0.8 * self._avg_seconds + 0.2 * (time.monotonic() - started)
 
-    def _run(self, job: Job) -> None:
-        result = job.result
+    def _work_batched(self) -> None:
+        batch = self.assistant.new_batch()
+        members: dict[int, tuple[Any, Job]] = {}  # id(sequence) → (sequence, job)
+        while True:
+            with self._cond:
+                while not self._queue and not members and not self._stopped:
+                    self._cond.wait()
+                if self._stopped and not members:
+                    return
+                admitted = []
+                while self._queue and len(members) + len(admitted) < self.max_batch and not self._stopped:
+                    admitted.append(self._queue.popleft())
+                self._active.extend(admitted)
+            try:
+                for job in admitted:
+                    if self._start(job):
+                        sequence = self._prefill(job)
+                        if sequence is not None:
+                            batch.add(sequence)
+                            members[id(sequence)] = (sequence, job)
+                if not len(batch):
+                    continue
+                try:
+                    batch.step()
+                except BaseException as error:  # noqa: BLE001 — fails this batch's jobs, not the server
+                    log.exception("engine: a decode step failed")
+                    for _, job in members.values():
+                        job.result.error = error
+                        self._end(job)
+                    members.clear()
+                    batch = self.assistant.new_batch()
+                    continue
+                for key, (sequence, job) in list(members.items()):
+                    self._forward(sequence.take_events(), job)
+                    if sequence.finished:
+                        del members[key]
+                        self._end(job)
+            except BaseException:  # noqa: BLE001 — the worker must survive anything a job does
+                log.exception("engine worker: unexpected failure")
+
+    def _start(self, job: Job) -> bool:
+        """Start the job's deadline; False when it ended already (cancelled or expired while it waited)."""
         now = time.monotonic()
-        if job.cancel_event.is_set():  # the client left while it waited: do no work
-            result.done = Done("cancelled", 0, 0, 0.0)
-            job._finish()
-            return
-        if now >= job.deadline:
-            job._abort = RequestTimedOut(self.request_timeout_s)
-            result.done = Done("cancelled", 0, 0, 0.0)
-            job._finish()
-            return
+        job._started = now
+        if job.cancel_event.is_set() or now >= job.deadline:  # the client left, or time ran out: do no work
+            if not job.cancel_event.is_set():
+                job._abort = RequestTimedOut(self.request_timeout_s)
+            job.result.done = Done("cancelled", 0, 0, 0.0)
+            self._end(job)
+            return False
 
         def on_deadline():
             job._abort = RequestTimedOut(self.request_timeout_s)
             job.cancel_event.set()
 
         # A timer, not a check between tokens: prefill or transcription can run long without one.
-        timer = threading.Timer(job.deadline - now, on_deadline)
-        timer.daemon = True
-        timer.start()
-        text: list[str] = []
+        job._timer = threading.Timer(job.deadline - now, on_deadline)
+        job._timer.daemon = True
+        job._timer.start()
+        return True
+
+    def _prefill(self, job: Job):
+        """Run a started job up to its first token. Returns its sequence when it still has to decode
+        (a chat request in a batching engine); otherwise the job has ended."""
+        request = job.request
         try:
-            request = job.request
             if isinstance(request, TranscriptionRequest):
-                started = time.perf_counter()
-                transcript = self.assistant.transcribe(request.audio)
-                result.transcripts.append(transcript)
-                job._push(Transcript(0, transcript))
-                result.done = Done("stop", 0, 0, time.perf_counter() - started)
+                self._transcribe(job)
             else:
-                for event in self.assistant.stream(request.messages, request.settings,
-                                                   audio_mode=request.audio_mode, cancel=job.cancel_event):
-                    if isinstance(event, Done):
-                        result.done = event  # pushed by _finish, after on_finish has run
-                        continue
-                    if isinstance(event, Token):
-                        text.append(event.text)
-                    elif isinstance(event, Transcript):
-                        result.transcripts.append(event.text)
-                    job._push(event)
+                sequence = self.assistant.begin(request.messages, request.settings, audio_mode=request.audio_mode,
+                                                cancel=job.cancel_event)
+                self._forward(sequence.take_events(), job)  # transcripts before the prefill's wait
+                self.assistant.prefill(sequence)
+                self._forward(sequence.take_events(), job)
+                if not sequence.finished:
+                    return sequence
         except BaseException as error:  # noqa: BLE001 — becomes the consumer's error
-            result.error = error
+            job.result.error = error
+        self._end(job)
+        return None
+
+    def _run_stream(self, job: Job) -> None:
+        """The whole job through `assistant.stream` (or `transcribe`), one job at a time."""
+        request = job.request
+        try:
+            if isinstance(request, TranscriptionRequest):
+                self._transcribe(job)
+            else:
+                self._forward(self.assistant.stream(request.messages, request.settings, audio_mode=request.audio_mode,
+                                                    cancel=job.cancel_event), job)
+        except BaseException as error:  # noqa: BLE001 — becomes the consumer's error
+            job.result.error = error
+        self._end(job)
+
+    def _transcribe(self, job: Job) -> None:
+        started = time.perf_counter()
+        transcript = self.assistant.transcribe(job.request.audio)
+        job.result.transcripts.append(transcript)
+        job._push(Transcript(0, transcript))
+        job.result.done = Done("stop", 0, 0, time.perf_counter() - started)
+
+    @staticmethod
+    def _forward(events, job: Job) -> None:
+        for event in events:
+            if isinstance(event, Done):
+                job.result.done = event  # pushed by _finish, after on_finish has run
+                continue
+            if isinstance(event, Token):
+                job._text.append(event.text)
+            elif isinstance(event, Transcript):
+                job.result.transcripts.append(event.text)
+            job._push(event)
+
+    def _end(self, job: Job) -> None:
+        if job._timer is not None:
+            job._timer.cancel()
+        job.result.text = "".join(job._text)
+        try:
+            job._finish()
         finally:
-            timer.cancel()
-            result.text = "".join(text)
-        job._finish()
+            with self._cond:
+                if job in self._active:
+                    self._active.remove(job)
+                self._avg_seconds = 0.8 * self._avg_seconds + 0.2 * (time.monotonic() - job._started)

@@ -27,8 +27,6 @@ import random
 from pathlib import Path
 from typing import Sequence
 
-import torch
-
 GENERAL_QUESTIONS = (
     "What is the largest planet in the solar system?",
     "Who wrote the play Romeo and Juliet?",
@@ -94,8 +92,8 @@ def write_replay(out_dir: str | Path, base: str = "starter-base", system_prompts
                  seed: int = 0, batch_size: int = 16) -> dict[str, int]:
     """Write ``chat.json`` and ``text.jsonl`` (answers to all GENERAL_QUESTIONS, `text_samples` texts)
     from `base`'s LLM into `out_dir`, and ``metadata.json`` with what made them; returns counts."""
+    from omniphi.chat import GenerationSettings
     from omniphi.runtime.assistant import Assistant
-    from omniphi.eval.runner import generate_answers
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -107,9 +105,10 @@ def write_replay(out_dir: str | Path, base: str = "starter-base", system_prompts
     for question, system in zip(GENERAL_QUESTIONS, systems):
         messages = [{"role": "system", "content": [{"type": "text", "text": system}]}] if system else []
         conversations.append(messages + [{"role": "user", "content": [{"type": "text", "text": question}]}])
+    greedy = GenerationSettings(max_new_tokens=answer_tokens)
     answers = []
     for start in range(0, len(conversations), batch_size):
-        answers += generate_answers(assistant, conversations[start:start + batch_size], answer_tokens)
+        answers += [r.text.strip() for r in assistant.complete_batch(conversations[start:start + batch_size], greedy)]
     chat = []
     for i, (question, system, answer) in enumerate(zip(GENERAL_QUESTIONS, systems, answers)):
         if not answer:
@@ -119,18 +118,15 @@ def write_replay(out_dir: str | Path, base: str = "starter-base", system_prompts
         chat.append({"id": f"replay-chat-{i:03d}", "conversations": turns})
     (out_dir / "chat.json").write_text(json.dumps(chat, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
 
-    # Plain text: sampled at temperature 1 (the model's own distribution, which perplexity scores).
-    lm, tokenizer = assistant.model.language_model, assistant.processor.tokenizer
-    torch.manual_seed(seed)
-    texts = []
+    # Plain text: sampled at temperature 1 (the model's own distribution, which perplexity scores),
+    # each text from its own seed so that a repeated opening gives another text.
     openings = [TEXT_OPENINGS[i % len(TEXT_OPENINGS)] for i in range(text_samples)]
-    tokenizer.padding_side = "left"
+    texts = []
     for start in range(0, len(openings), batch_size):
-        batch = tokenizer(openings[start:start + batch_size], return_tensors="pt", padding=True)
-        with torch.inference_mode():
-            out = lm.generate(**batch, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
-                              max_new_tokens=text_tokens, pad_token_id=tokenizer.pad_token_id)
-        texts += tokenizer.batch_decode(out, skip_special_tokens=True)
+        chunk = openings[start:start + batch_size]
+        sampling = [GenerationSettings(max_new_tokens=text_tokens, temperature=1.0, seed=seed * 100_003 + start + i)
+                    for i in range(len(chunk))]
+        texts += [opening + reply.text for opening, reply in zip(chunk, assistant.continue_texts(chunk, sampling))]
     with open(out_dir / "text.jsonl", "w", encoding="utf-8") as f:
         for i, text in enumerate(texts):
             f.write(json.dumps({"id": f"replay-text-{i:03d}", "text": text.strip()}, ensure_ascii=False) + "\n")

@@ -1,0 +1,31 @@
+"""`omniphi bench` on the tiny preset: every configuration gives one JSON line with the documented
+keys and sane values (speeds are not asserted: timings on a shared machine are noise)."""
+
+import json
+import math
+
+from omniphi.cli import main
+
+KEYS = {"config", "decode_tok_s", "decode_bound_tok_s", "ttft_s", "followup_ttft_s", "streams4_speedup",
+        "baseline_decode_tok_s", "baseline_ttft_s"}
+
+
+def test_bench_prints_one_json_object_per_configuration(capsys):
+    assert main(["bench", "--model", "tiny", "--new-tokens", "3", "--dtype", "bfloat16,float32", "--json"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    results = [json.loads(line) for line in lines]
+    assert [r["config"] for r in results] == ["bfloat16", "float32"]
+    for result in results:
+        assert KEYS <= set(result)
+        for key in KEYS - {"config"}:
+            assert math.isfinite(result[key]) and result[key] > 0, (key, result[key])
+        assert result["new_tokens"] == 3
+        # the follow-up prefilled only its new tokens, not the image again
+        assert result["followup_prefilled_tokens"] < result["prompt_tokens"]
+    bf16, fp32 = results
+    assert bf16["decode_bound_tok_s"] > fp32["decode_bound_tok_s"]  # half the bytes per token
+
+
+def test_bench_rejects_an_unknown_dtype_in_one_line(capsys):
+    assert main(["bench", "--model", "tiny", "--dtype", "float8"]) == 2
+    assert "--dtype must be among" in capsys.readouterr().err
