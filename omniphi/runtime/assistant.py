@@ -32,7 +32,7 @@ from omniphi.chat import (
     Transcript,
     content_parts,
 )
-from omniphi.processing import SampleTooLongError
+from omniphi.trimming import PromptCancelled, fit_prompt
 
 
 class TranscriptionUnavailableError(RuntimeError):
@@ -124,20 +124,10 @@ class Assistant:
             prepared.append({**message, "content": parts})
         return prepared, shown
 
-    def _encode_prompt(self, messages: Conversation):
-        """Encode with the generation prompt; drop the oldest turns (keeping a system message) if the
-        conversation does not fit the context."""
-        budget = self.context_tokens
-        system = [m for m in messages[:1] if m["role"] == "system"]
-        turns = messages[len(system):]
-        while True:
-            sample = self.processor.encode(system + turns, add_generation_prompt=True, with_labels=False)
-            if len(sample.input_ids) < budget or len(turns) <= 1:
-                break
-            turns = turns[2:] if len(turns) > 2 else turns[-1:]
-        if len(sample.input_ids) >= budget:
-            raise SampleTooLongError(f"the prompt has {len(sample.input_ids)} tokens; the model's context is {budget}")
-        return sample
+    def _encode_prompt(self, messages: Conversation, cancel: threading.Event | None = None):
+        """Encode with the generation prompt; drop the oldest exchanges (keeping a system message) if
+        the conversation does not fit the context (work bounded by the context: omniphi.trimming)."""
+        return fit_prompt(self.processor, messages, self.context_tokens, cancel)
 
     # -- answering ------------------------------------------------------------------------------------
     def stream(
@@ -158,7 +148,11 @@ class Assistant:
         for index, text in enumerate(transcripts):
             yield Transcript(index, text)
 
-        sample = self._encode_prompt(prepared)
+        try:
+            sample = self._encode_prompt(prepared, cancel)
+        except PromptCancelled:
+            yield Done("cancelled", 0, 0, time.perf_counter() - started)
+            return
         batch = self.processor.collate([sample], padding_side="left")
         batch = {k: v.to(self.device) for k, v in batch.items()}
         prompt_tokens = int(batch["input_ids"].shape[1])

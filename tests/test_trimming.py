@@ -1,0 +1,90 @@
+"""Fitting a conversation into the context: the newest exchanges, with work bounded by the context."""
+
+import threading
+
+import pytest
+
+from omniphi.chat import Done, GenerationSettings
+from omniphi.processing import SampleTooLongError
+from omniphi.runtime.assistant import Assistant
+from omniphi.trimming import PromptCancelled, exchanges, fit_prompt
+
+SYSTEM = {"role": "system", "content": "You are terse."}
+
+
+def history(n_exchanges: int, text: str = "Question {i} about the weather today?") -> list[dict]:
+    turns = []
+    for i in range(n_exchanges):
+        turns += [{"role": "user", "content": text.format(i=i)}, {"role": "assistant", "content": f"Answer {i}."}]
+    return turns + [{"role": "user", "content": "And the last one?"}]
+
+
+class CountingProcessor:
+    """The real processor, counting how many messages each call encodes."""
+
+    def __init__(self, processor):
+        self.processor = processor
+        self.messages_encoded = 0
+
+    def encode(self, messages, **kwargs):
+        self.messages_encoded += len(messages)
+        return self.processor.encode(messages, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.processor, name)
+
+
+def test_exchanges_start_at_user_messages():
+    turns = [{"role": "assistant", "content": "hello"}, {"role": "user", "content": "a"},
+             {"role": "assistant", "content": "b"}, {"role": "assistant", "content": "c"}, {"role": "user", "content": "d"}]
+    assert [[m["content"] for m in g] for g in exchanges(turns)] == [["hello"], ["a", "b", "c"], ["d"]]
+
+
+@pytest.mark.parametrize("budget", [60, 120, 200])
+def test_keeps_the_system_message_and_as_many_newest_exchanges_as_fit(tiny, budget):
+    processor = tiny.processor
+    conversation = [SYSTEM] + history(30)
+    sample = fit_prompt(processor, conversation, budget)
+    assert len(sample.input_ids) < budget
+    text = processor.tokenizer.decode(sample.input_ids)
+    assert "You are terse." in text and "And the last one?" in text
+    kept = [i for i in range(30) if f"Question {i} about" in text]
+    assert kept == list(range(30 - len(kept), 30))  # a suffix of the history, by whole exchanges
+    assert all(f"Answer {i}." in text for i in kept)
+    # Maximal: one more exchange would not have fit.
+    one_more = [SYSTEM] + history(30)[2 * (29 - len(kept)):]
+    assert len(processor.encode(one_more, add_generation_prompt=True, with_labels=False).input_ids) >= budget
+
+
+def test_work_is_bounded_by_the_context_not_by_the_conversation(tiny):
+    """10,000 one-character exchanges cost about as much as the context holds (was quadratic)."""
+    counting = CountingProcessor(tiny.processor)
+    conversation = history(10_000, text="{i}")
+    sample = fit_prompt(counting, conversation, 200)
+    assert len(sample.input_ids) < 200
+    kept_messages = len(fit_prompt(tiny.processor, conversation, 200).input_ids)  # tokens >= messages kept
+    assert counting.messages_encoded <= 3 * kept_messages + 10
+
+
+def test_the_assistant_trims_in_bounded_work(tiny, monkeypatch):
+    assistant = Assistant(tiny, context_tokens=200)
+    counting = CountingProcessor(tiny.processor)
+    monkeypatch.setattr(assistant, "processor", counting)
+    done = list(assistant.stream(history(1_000, text="{i}"), GenerationSettings(max_new_tokens=2)))[-1]
+    assert isinstance(done, Done) and done.prompt_tokens < 200
+    assert counting.messages_encoded < 1_000  # the old loop re-encoded everything per dropped pair: ~500,000
+
+
+def test_a_newest_exchange_longer_than_the_context_is_refused(tiny):
+    with pytest.raises(SampleTooLongError, match="context is 50"):
+        fit_prompt(tiny.processor, [SYSTEM, {"role": "user", "content": "word " * 200}], 50)
+
+
+def test_cancel_stops_fitting_and_the_assistant_answers_cancelled(tiny):
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(PromptCancelled):
+        fit_prompt(tiny.processor, history(100), 200, cancel)
+    events = list(Assistant(tiny, context_tokens=200).stream(history(100), GenerationSettings(max_new_tokens=5),
+                                                             cancel=cancel))
+    assert events == [Done("cancelled", 0, 0, events[-1].seconds)]
