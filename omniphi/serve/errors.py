@@ -21,6 +21,8 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from omniphi.media import MediaError, MediaTooLargeError
+from omniphi.processing import SampleTooLongError
+from omniphi.runtime.assistant import TranscriptionUnavailableError
 from omniphi.serve.engine import EngineError, EngineStopped, QueueFull, RequestTimedOut
 
 log = logging.getLogger("omniphi.serve")
@@ -140,11 +142,7 @@ def status_and_body(exc: BaseException) -> tuple[int, dict[str, Any], dict[str, 
     if isinstance(exc, ValidationError):
         api = from_validation_errors(exc.errors())
         return status_and_body(api)
-    # Errors of the model side that are the request's fault. Imported here, not at the top: they live
-    # with torch, which the server's own modules do not import (and only a loaded model raises them).
-    from omniphi.processing import SampleTooLongError
-    from omniphi.runtime.assistant import TranscriptionUnavailableError
-
+    # Errors of the model side that are the request's fault.
     if isinstance(exc, SampleTooLongError):
         return 400, error_body(400, str(exc), code="context_length_exceeded"), {}
     if isinstance(exc, TranscriptionUnavailableError):

@@ -17,7 +17,7 @@ from omniphi.serve.admission import MAX_JSON_DEPTH
 from omniphi.serve.store import Store
 from tests.media_fuzz import encode_audio
 from tests.serve.conftest import assert_error
-from tests.serve.fake_assistant import ANSWER
+from tests.serve.fake_assistant import ANSWER, FakeAssistant
 
 CHAT = "/v1/chat/completions"
 
@@ -277,3 +277,30 @@ def test_page_has_a_content_security_policy_and_no_framing(client):
         assert r.headers["x-frame-options"] == "DENY"
     page = client.get("/").text
     assert "<script>" not in page.replace(" ", "") and " on" not in page.split("<body", 1)[1].split(">", 1)[0]
+
+
+# --------------------------------------------------------------------------- error mapping
+
+
+class _RaisingAssistant(FakeAssistant):
+    def __init__(self, error: Exception):
+        super().__init__()
+        self.error = error
+
+    def stream(self, *args, **kwargs):
+        raise self.error
+        yield  # a generator, like the real one
+
+
+def test_model_errors_are_mapped_by_type_not_by_name(make_client):
+    from omniphi.processing import SampleTooLongError
+
+    class TooLongForThisModel(SampleTooLongError):
+        pass
+
+    client = make_client(_RaisingAssistant(TooLongForThisModel("the prompt has 5000 tokens")))
+    assert_error(client.post(CHAT, json=chat_body()), 400, code="context_length_exceeded")
+
+    SampleTooLongError = type("SampleTooLongError", (ValueError,), {})  # same name, another type: a bug
+    client = make_client(_RaisingAssistant(SampleTooLongError("x")))
+    assert_error(client.post(CHAT, json=chat_body()), 500, code="internal_error")
