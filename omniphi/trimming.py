@@ -1,9 +1,9 @@
 """Fitting a conversation into the model's context: keep the system message and the newest turns.
 
-The work is bounded by the context, not by the conversation: turns are measured newest first, each
-once, and measuring stops at the first turn that no longer fits. A conversation of a million short
-messages therefore costs about as much as one that just fills the context (the old way re-encoded
-the whole conversation after dropping each pair of turns: quadratic in the request's size).
+The work is linear in the conversation: a conversation that fits is encoded once; one that does not
+is then measured newest turn first, each turn once, stopping at the first that no longer fits, so
+the rest costs what the context holds. (The old way re-encoded the whole conversation after dropping
+each pair of turns: quadratic in the request's size; bench/prompt_trimming.py compares them.)
 
 Turns are kept and dropped by exchange (a user message and the answers after it), so the kept
 prompt never starts with an orphaned answer. `cancel` (the engine sets it on Stop, disconnect and
@@ -48,10 +48,14 @@ def fit_prompt(processor: OmniProcessor, messages: Conversation, budget: int,
         check_cancel()
         return processor.encode(conversation, add_generation_prompt=generation_prompt, with_labels=False)
 
+    # The common case, a conversation that fits: one encode, as without trimming.
+    whole = encode(messages, True)
+    if len(whole.input_ids) < budget:
+        return whole
     system = [m for m in messages[:1] if m["role"] == "system"]
     groups = exchanges(messages[len(system):])
     if not groups:
-        return encode(system, True)
+        raise SampleTooLongError(f"the prompt has {len(whole.input_ids)} tokens; the model's context is {budget}")
     # The newest exchange with the system message and the generation prompt: measured exactly.
     newest = encode(system + groups[-1], True)
     used = len(newest.input_ids)

@@ -56,14 +56,24 @@ def test_keeps_the_system_message_and_as_many_newest_exchanges_as_fit(tiny, budg
     assert len(processor.encode(one_more, add_generation_prompt=True, with_labels=False).input_ids) >= budget
 
 
-def test_work_is_bounded_by_the_context_not_by_the_conversation(tiny):
-    """10,000 one-character exchanges cost about as much as the context holds (was quadratic)."""
+def test_work_is_linear_in_the_conversation(tiny):
+    """10,000 one-character exchanges: one pass over them, then about what the context holds (the
+    old loop re-encoded everything after dropping each pair: quadratic)."""
     counting = CountingProcessor(tiny.processor)
     conversation = history(10_000, text="{i}")
     sample = fit_prompt(counting, conversation, 200)
     assert len(sample.input_ids) < 200
-    kept_messages = len(fit_prompt(tiny.processor, conversation, 200).input_ids)  # tokens >= messages kept
-    assert counting.messages_encoded <= 3 * kept_messages + 10
+    kept_messages = len(sample.input_ids)  # at least one token each
+    assert counting.messages_encoded <= len(conversation) + 3 * kept_messages + 10
+
+
+def test_a_conversation_that_fits_is_encoded_once(tiny):
+    counting = CountingProcessor(tiny.processor)
+    conversation = [SYSTEM] + history(3)
+    sample = fit_prompt(counting, conversation, 10_000)
+    assert counting.messages_encoded == len(conversation)
+    expected = tiny.processor.encode(conversation, add_generation_prompt=True, with_labels=False)
+    assert sample.input_ids.tolist() == expected.input_ids.tolist()
 
 
 def test_the_assistant_trims_in_bounded_work(tiny, monkeypatch):
@@ -72,7 +82,8 @@ def test_the_assistant_trims_in_bounded_work(tiny, monkeypatch):
     monkeypatch.setattr(assistant, "processor", counting)
     done = list(assistant.stream(history(1_000, text="{i}"), GenerationSettings(max_new_tokens=2)))[-1]
     assert isinstance(done, Done) and done.prompt_tokens < 200
-    assert counting.messages_encoded < 1_000  # the old loop re-encoded everything per dropped pair: ~500,000
+    # One pass plus the kept part; the old loop re-encoded everything per dropped pair: ~1,000,000.
+    assert counting.messages_encoded < 2 * 2_001 + 1_000
 
 
 def test_a_newest_exchange_longer_than_the_context_is_refused(tiny):
