@@ -2,6 +2,7 @@
 
 import threading
 
+import numpy as np
 import pytest
 
 from omniphi.chat import Done, GenerationSettings
@@ -99,3 +100,25 @@ def test_cancel_stops_fitting_and_the_assistant_answers_cancelled(tiny):
     events = list(Assistant(tiny, context_tokens=200).stream(history(100), GenerationSettings(max_new_tokens=5),
                                                              cancel=cancel))
     assert events == [Done("cancelled", 0, 0, events[-1].seconds)]
+
+
+def test_cancel_during_transcription_stops_before_the_next_clip(tiny):
+    """Transcribe mode: a Stop (or the deadline) between clips ends the answer as cancelled."""
+    cancel = threading.Event()
+
+    class Whisper:
+        calls = 0
+
+        def transcribe(self, audio):
+            Whisper.calls += 1
+            cancel.set()  # the client goes away while the first clip is transcribed
+            return "hello"
+
+    assistant = Assistant(tiny, context_tokens=200)
+    assistant.transcriber = Whisper()
+    clip = {"type": "audio", "audio": np.zeros(16_000, dtype=np.float32)}
+    conversation = [{"role": "user", "content": [clip, dict(clip, audio=np.ones(16_000, dtype=np.float32) * 0.1)]}]
+    events = list(assistant.stream(conversation, GenerationSettings(max_new_tokens=5), audio_mode="transcribe",
+                                   cancel=cancel))
+    assert Whisper.calls == 1
+    assert [type(e) for e in events] == [Done] and events[0].finish_reason == "cancelled"

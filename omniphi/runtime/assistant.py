@@ -100,9 +100,11 @@ class Assistant:
         self._transcripts.move_to_end(key)
         return self._transcripts[key]
 
-    def _prepare(self, messages: Conversation, audio_mode: AudioMode) -> tuple[Conversation, list[str]]:
+    def _prepare(self, messages: Conversation, audio_mode: AudioMode,
+                 cancel: threading.Event | None = None) -> tuple[Conversation, list[str]]:
         """Transcribe audio where needed. Returns the conversation the LLM sees and the transcripts
-        of the last user message's clips (shown to the user in both modes)."""
+        of the last user message's clips (shown to the user in both modes). Raises PromptCancelled
+        if `cancel` is set before a transcription."""
         if audio_mode not in ("native", "transcribe"):
             raise ValueError(f"audio_mode must be 'native' or 'transcribe', not {audio_mode!r}")
         last_user = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=-1)
@@ -116,6 +118,8 @@ class Assistant:
                     continue
                 needs_text = audio_mode == "transcribe"
                 transcript = None
+                if cancel is not None and cancel.is_set():
+                    raise PromptCancelled("cancelled while transcribing")
                 if needs_text or (i == last_user and self.transcriber is not None):
                     transcript = self.transcribe(part["audio"])
                 if i == last_user and transcript is not None:
@@ -144,7 +148,12 @@ class Assistant:
         settings.validate()
         started = time.perf_counter()
         cancel = cancel or threading.Event()
-        prepared, transcripts = self._prepare(messages, audio_mode)
+        # Stop, a disconnect or the deadline may come while preparing: no generation then.
+        try:
+            prepared, transcripts = self._prepare(messages, audio_mode, cancel)
+        except PromptCancelled:
+            yield Done("cancelled", 0, 0, time.perf_counter() - started)
+            return
         for index, text in enumerate(transcripts):
             yield Transcript(index, text)
 
