@@ -21,9 +21,9 @@ from omniphi.media import load_audio, load_image
 from omniphi.serve.admission import MediaCounter, attachment_from_data_uri, parse_json_body
 from omniphi.serve.engine import ChatRequest, JobResult
 from omniphi.serve.errors import ApiError, bad_request, not_found, status_and_body
-from omniphi.serve.openai_api import SSE_HEADERS, sse
 from omniphi.serve.state import ServeState, state
 from omniphi.serve.store import Store, StoreError, new_id
+from omniphi.serve.streaming import SSE_HEADERS, sse
 
 router = APIRouter(prefix="/api")
 

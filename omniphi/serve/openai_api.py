@@ -1,14 +1,13 @@
 """The OpenAI-compatible API: `/v1/chat/completions`, `/v1/models`, `/v1/audio/transcriptions`, `/health`.
 
-Stateless; what it accepts and answers is in docs/serve-api.md. Requests are validated by pydantic
-models (unknown fields ignored, wrong types → 400 with `param`); media goes through
-`omniphi.media` with the server's limits, off the event loop; the model runs in the engine.
+Stateless; what it accepts and answers is in docs/serve-api.md. Bodies are admitted by
+`serve/admission.py` (JSON rules, media limits and decoding, off the event loop) and validated by
+pydantic models (unknown fields ignored, wrong types → 400 with `param`); the model runs in the engine.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 import uuid
 from typing import Any, Literal, Optional, Union
@@ -30,6 +29,7 @@ from omniphi.serve.admission import (
 from omniphi.serve.engine import ChatRequest, Job, TranscriptionRequest
 from omniphi.serve.errors import bad_request, from_validation_errors, not_found, status_and_body
 from omniphi.serve.state import ServeState, state
+from omniphi.serve.streaming import SSE_HEADERS, sse
 
 router = APIRouter()
 
@@ -222,13 +222,6 @@ async def wait_for_job(job: Job, request: Request):
     finally:
         watcher.cancel()
         job.cancel()  # no-op when finished; stops the model if we are being torn down
-
-
-def sse(data: Any) -> str:
-    return f"data: {json.dumps(data, ensure_ascii=False, separators=(',', ':'))}\n\n"
-
-
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 @router.post("/v1/chat/completions")
