@@ -136,6 +136,13 @@ def test_messages_per_request_are_capped(make_client, fake):
     assert client.post(CHAT, json={"messages": messages[:49]}).status_code == 200
 
 
+def test_ten_thousand_tiny_messages_are_refused_by_default(client, fake):
+    """Issue #13's 0.32 MB request that held the model for minutes."""
+    messages = [{"role": "user" if i % 2 == 0 else "assistant", "content": "x"} for i in range(10_001)]
+    assert_error(client.post(CHAT, json={"messages": messages}), 400, code="too_many_messages")
+    assert fake.calls == []
+
+
 def test_an_api_turn_sends_only_the_newest_messages_to_the_model(make_client, fake):
     client = make_client(fake, max_messages=4)
     conv_id = new_conversation(client)
