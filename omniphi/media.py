@@ -3,7 +3,7 @@
 Everything that reaches the model from outside (API requests, the web page, CLI arguments)
 goes through here. The rules:
 
-* Every failure is a :class:`MediaError` subclass carrying an HTTP ``status`` and a short
+* Every failure is a :class:`MediaError` subclass (its type says what is wrong) with a short
   ``code``; Pillow/PyAV exceptions never escape untyped.
 * Sizes are checked before work is done: bytes before parsing, image pixels from the header
   before decoding (decompression bombs), audio duration *while* decoding (a few KB of Opus
@@ -50,30 +50,32 @@ SAMPLING_RATE = 16_000
 
 
 class MediaError(UserError, ValueError):
-    """Base class: bad media supplied by the user. ``status`` is the HTTP code to answer with."""
+    """Base class: bad media supplied by the user. ``code`` names the problem for machines (the
+    server puts it in its error body); the subclass says what kind of problem it is."""
 
-    status: int = 400
     code: str = "invalid_media"
+
+    def __init__(self, message: str, *, code: str | None = None):
+        super().__init__(message)
+        if code is not None:
+            self.code = code
 
 
 class CorruptMediaError(MediaError):
     """Undecodable, truncated or empty media."""
 
-    status = 400
     code = "invalid_media"
 
 
 class UnsupportedMediaError(MediaError):
-    """Not an image/audio format we accept."""
+    """Not an image/audio format we accept (or one we refuse to decode, e.g. too many channels)."""
 
-    status = 415
     code = "unsupported_media_type"
 
 
 class MediaTooLargeError(MediaError):
     """Over a limit: bytes, pixels or duration."""
 
-    status = 413
     code = "media_too_large"
 
 
@@ -85,6 +87,9 @@ class MediaLimits:
     max_audio_bytes: int = 25 * 2**20
     # Checked while decoding: decoding stops as soon as it is exceeded.
     max_audio_seconds: float = 300.0
+    # Checked from the stream header and on every frame. 24 covers 22.2 surround; files with more
+    # channels are lab recordings, not speech for an assistant.
+    max_audio_channels: int = 24
 
 
 DEFAULT_LIMITS = MediaLimits()
@@ -374,11 +379,15 @@ def load_audio(
     def take(frames) -> None:
         nonlocal total
         for out in frames:
-            # Planar float: (channels, n). Averaging channels here (as librosa and the HF
-            # feature extractors do) rather than letting swresample downmix: its stereo->mono
-            # matrix sums at 0.707 per channel, which clips loud, correlated stereo.
-            arr = out.to_ndarray()
-            arr = arr[0] if arr.shape[0] == 1 else arr.mean(axis=0, dtype=np.float32)
+            # Packed float, one plane of (n, channels) interleaved samples. Never planar: PyAV's
+            # to_ndarray reads planar frames through the 8 fixed data pointers of AVFrame and
+            # crashes the process (SIGSEGV) on 8 or more channels. Averaging the channels here
+            # (as librosa and the HF feature extractors do) rather than letting swresample
+            # downmix: its stereo->mono matrix sums at 0.707 per channel, which clips loud,
+            # correlated stereo.
+            channels = out.layout.nb_channels
+            arr = out.to_ndarray().reshape(-1, channels)
+            arr = arr[:, 0] if channels == 1 else arr.mean(axis=1, dtype=np.float32)
             total += arr.shape[0]
             if total > max_samples:
                 raise MediaTooLargeError(
@@ -386,17 +395,27 @@ def load_audio(
                 )
             chunks.append(arr)
 
+    def check_channels(channels: int) -> None:
+        if channels > limits.max_audio_channels:
+            raise UnsupportedMediaError(
+                f"audio has {channels} channels; at most {limits.max_audio_channels} are accepted",
+                code="too_many_audio_channels",
+            )
+
     try:
         with av.open(io.BytesIO(data), mode="r", format=fmt, metadata_errors="replace") as container:
             streams = container.streams.audio
             if not streams:
                 raise CorruptMediaError("file has no audio stream")
             stream = streams[0]
+            check_channels(stream.codec_context.channels)  # before decoding anything
             resampler = None
             setup = None
             for frame in container.decode(stream):
                 key = (frame.format.name, frame.layout.name, frame.sample_rate)
                 if key != setup:
+                    # Streams can change layout mid-file (chained Ogg): the header check is not enough.
+                    check_channels(frame.layout.nb_channels)
                     # PyAV's resampler is bound to its first input's format; chained Ogg
                     # streams or odd MP3s can change rate/layout mid-file: flush and renew.
                     if resampler is not None:
@@ -405,7 +424,7 @@ def load_audio(
                     # Python overhead (to_ndarray, list growth) otherwise doubles decode time;
                     # it also bounds how far past the duration limit we decode (≤ 1 s).
                     resampler = av.AudioResampler(
-                        format="fltp",
+                        format="flt",
                         layout=frame.layout.name,
                         rate=sampling_rate,
                         frame_size=sampling_rate,

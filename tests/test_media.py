@@ -82,16 +82,18 @@ def no_pixel_decoding(monkeypatch):
 # --------------------------------------------------------------------------- errors
 
 
-def test_error_classes_carry_http_status_and_code():
+def test_error_classes_carry_a_code_that_a_raise_site_may_refine():
     assert issubclass(MediaError, ValueError)
-    for cls, status, code in [
-        (CorruptMediaError, 400, "invalid_media"),
-        (UnsupportedMediaError, 415, "unsupported_media_type"),
-        (MediaTooLargeError, 413, "media_too_large"),
+    for cls, code in [
+        (CorruptMediaError, "invalid_media"),
+        (UnsupportedMediaError, "unsupported_media_type"),
+        (MediaTooLargeError, "media_too_large"),
     ]:
         err = cls("x")
         assert isinstance(err, MediaError)
-        assert (err.status, err.code) == (status, code)
+        assert err.code == code
+        assert cls("x", code="more_precise").code == "more_precise"
+        assert cls("x").code == code  # the refinement is per instance
 
 
 # --------------------------------------------------------------------------- audio
@@ -183,7 +185,7 @@ def test_audio_over_duration_limit_stops_decoding_early(monkeypatch):
     produced.clear()
     with pytest.raises(MediaTooLargeError, match="longer than the 1 s limit") as exc:
         load_audio(clip, MediaLimits(max_audio_seconds=1.0))
-    assert exc.value.status == 413
+    assert exc.value.code == "media_too_large"
     # Stopped within a chunk (1 s) of the limit, not after decoding all 10 s.
     assert 16_000 < sum(produced) <= 2.5 * 16_000
     with pytest.raises(MediaTooLargeError, match="longer than the 2.5 s limit"):
@@ -204,7 +206,7 @@ def test_long_low_bitrate_audio_rejected_with_default_limits(tmp_path):
     assert path.stat().st_size < media.DEFAULT_LIMITS.max_audio_bytes // 100
     with pytest.raises(MediaTooLargeError, match="300 s limit") as exc:
         load_audio(path)
-    assert exc.value.status == 413
+    assert exc.value.code == "media_too_large"
 
 
 def test_audio_over_byte_limit(tmp_path):
@@ -213,7 +215,7 @@ def test_audio_over_byte_limit(tmp_path):
     for source in (data, SPEECH / "capital.wav"):
         with pytest.raises(MediaTooLargeError, match="over the limit of 1000 bytes") as exc:
             load_audio(source, limits)
-        assert exc.value.status == 413
+        assert exc.value.code == "media_too_large"
 
 
 def test_empty_audio(tmp_path):
@@ -222,13 +224,13 @@ def test_empty_audio(tmp_path):
     for source in (b"", empty):
         with pytest.raises(CorruptMediaError, match="empty file") as exc:
             load_audio(source)
-        assert exc.value.status == 400
+        assert exc.value.code == "invalid_media"
 
 
 def test_wav_with_zero_samples_is_corrupt():
     with pytest.raises(CorruptMediaError, match="no samples") as exc:
         load_audio(_wav(np.zeros(0), 16_000))
-    assert exc.value.status == 400
+    assert exc.value.code == "invalid_media"
 
 
 def test_container_without_audio_stream_is_corrupt(tmp_path):
@@ -240,19 +242,19 @@ def test_container_without_audio_stream_is_corrupt(tmp_path):
     )
     with pytest.raises(CorruptMediaError, match="no audio stream") as exc:
         load_audio(path)
-    assert exc.value.status == 400
+    assert exc.value.code == "invalid_media"
 
 
 def test_non_audio_is_rejected_with_a_clear_message():
     png = _encode(Image.new("RGB", (8, 8), "red"), "PNG")
     with pytest.raises(UnsupportedMediaError, match="not an audio file") as exc:
         load_audio(png)
-    assert exc.value.status == 415
+    assert exc.value.code == "unsupported_media_type"
     for seed in range(3):
         noise = np.random.default_rng(seed).bytes(5000)
         with pytest.raises((CorruptMediaError, UnsupportedMediaError)) as exc:
             load_audio(noise)
-        assert exc.value.status in (400, 415)
+        assert exc.value.code in ("invalid_media", "unsupported_media_type")
         assert "\n" not in str(exc.value)
 
 
@@ -260,7 +262,7 @@ def test_damaged_audio_raises_typed_error():
     # A WAV header that lies (claims a RIFF/WAVE but has no fmt data) → FFmpeg error, mapped.
     with pytest.raises(CorruptMediaError, match="could not decode audio") as exc:
         load_audio(b"RIFF\x00\x00\x00\x00WAVEfmt ")
-    assert exc.value.status == 400
+    assert exc.value.code == "invalid_media"
     assert "Errno" not in str(exc.value)
 
 
@@ -378,7 +380,7 @@ def test_decompression_bomb_header_refused_without_decoding(no_pixel_decoding):
     assert len(bomb) < 200
     with pytest.raises(MediaTooLargeError) as exc:
         load_image(bomb)
-    assert exc.value.status == 413
+    assert exc.value.code == "media_too_large"
     assert "\n" not in str(exc.value)
     assert no_pixel_decoding == []
 
@@ -391,7 +393,7 @@ def test_pixel_limit_is_ours_not_pillows(no_pixel_decoding, monkeypatch):
     with pytest.raises(MediaTooLargeError) as exc:
         load_image(_png_header_only(8000, 8000))
     assert str(exc.value) == "image is 8000x8000 = 64000000 pixels, over the limit of 40000000"
-    assert exc.value.status == 413
+    assert exc.value.code == "media_too_large"
     assert no_pixel_decoding == []
 
 
@@ -400,7 +402,7 @@ def test_pixel_limit_on_a_real_image():
     assert load_image(data).size == (300, 300)
     with pytest.raises(MediaTooLargeError, match="300x300 = 90000 pixels, over the limit of 10000") as exc:
         load_image(data, MediaLimits(max_image_pixels=10_000))
-    assert exc.value.status == 413
+    assert exc.value.code == "media_too_large"
 
 
 @pytest.mark.parametrize("pixels", [1600, 3000])  # Pillow warns above MAX, errors above 2×MAX
@@ -409,7 +411,7 @@ def test_pillow_decompression_bomb_warning_and_error_map_to_too_large(monkeypatc
     data = _encode(Image.new("RGB", (pixels // 40, 40), "white"), "PNG")
     with pytest.raises(MediaTooLargeError, match="decompression bomb") as exc:
         load_image(data)
-    assert exc.value.status == 413
+    assert exc.value.code == "media_too_large"
 
 
 def test_image_over_byte_limit(tmp_path):
@@ -420,7 +422,7 @@ def test_image_over_byte_limit(tmp_path):
     for source in (data, path):
         with pytest.raises(MediaTooLargeError, match=f"over the limit of {len(data) - 1} bytes") as exc:
             load_image(source, limits)
-        assert exc.value.status == 413
+        assert exc.value.code == "media_too_large"
     assert load_image(data, MediaLimits(max_image_bytes=len(data))).size == (64, 64)
 
 
@@ -430,7 +432,7 @@ def test_truncated_images_are_corrupt():
     for data in (jpeg[: len(jpeg) // 2], png[: len(png) // 2], png[:20]):
         with pytest.raises(CorruptMediaError, match="could not decode image") as exc:
             load_image(data)
-        assert exc.value.status == 400
+        assert exc.value.code == "invalid_media"
         assert "\n" not in str(exc.value)
 
 
@@ -440,14 +442,14 @@ def test_empty_image(tmp_path):
     for source in (b"", empty, str(empty)):
         with pytest.raises(CorruptMediaError, match="empty file") as exc:
             load_image(source)
-        assert exc.value.status == 400
+        assert exc.value.code == "invalid_media"
 
 
 def test_random_bytes_image():
     for seed in range(3):
         with pytest.raises((CorruptMediaError, UnsupportedMediaError)) as exc:
             load_image(np.random.default_rng(seed).bytes(5000))
-        assert exc.value.status in (400, 415)
+        assert exc.value.code in ("invalid_media", "unsupported_media_type")
 
 
 def test_unsupported_formats_are_415():
@@ -457,7 +459,7 @@ def test_unsupported_formats_are_415():
                        (b"hello, this is text", "not a recognised image")]:
         with pytest.raises(UnsupportedMediaError, match=name) as exc:
             load_image(data)
-        assert exc.value.status == 415
+        assert exc.value.code == "unsupported_media_type"
 
 
 def test_image_missing_path_raises_file_not_found(tmp_path):
@@ -510,7 +512,7 @@ def test_data_uri_variants():
 def test_malformed_data_uri(uri):
     with pytest.raises(CorruptMediaError) as exc:
         decode_data_uri(uri)
-    assert exc.value.status == 400
+    assert exc.value.code == "invalid_media"
 
 
 def test_data_uri_not_a_string():
@@ -526,7 +528,7 @@ def test_data_uri_size_checked_before_decoding(monkeypatch):
     monkeypatch.setattr(media.base64, "b64decode", lambda *a, **k: decoded.append(1) or real(*a, **k))
     with pytest.raises(MediaTooLargeError, match="1000 bytes, over the limit of 999 bytes") as exc:
         decode_data_uri(uri, max_bytes=999)
-    assert exc.value.status == 413
+    assert exc.value.code == "media_too_large"
     assert decoded == []
     assert decode_data_uri(uri, max_bytes=1000)[1] == b"x" * 1000
     with pytest.raises(MediaTooLargeError):

@@ -68,7 +68,7 @@ def served(starter_assistant, tmp_path_factory):
     from omniphi.serve.app import ServeConfig, create_app
 
     app = create_app(starter_assistant, ServeConfig(data_dir=tmp_path_factory.mktemp("starter-serve")))
-    with TestClient(app, raise_server_exceptions=False) as client:
+    with TestClient(app, raise_server_exceptions=False, base_url="http://localhost") as client:
         yield client
 
 

@@ -41,6 +41,7 @@ from omniphi.model.modeling import PlaceholderMismatchError
 from omniphi.processing import EncodedSample, SampleTooLongError, pad_audio_windows
 from omniphi.runtime.caches import MediaCache, PrefixCache
 from omniphi.runtime.decoding import KV, DecodeBatch, Sequence, new_cache
+from omniphi.trimming import PromptCancelled, fit_prompt
 
 KV_CACHE_BYTES = 2 << 30  # key/values of recent conversations (Phi-2 in bf16: ~0.33 MB per token)
 MEDIA_CACHE_BYTES = 512 << 20  # projected image/audio features (Phi-2: 5.9 MB per image in fp32)
@@ -89,9 +90,11 @@ class Assistant:
         self._transcripts.move_to_end(key)
         return self._transcripts[key]
 
-    def _prepare(self, messages: Conversation, audio_mode: AudioMode) -> tuple[Conversation, list[str]]:
+    def _prepare(self, messages: Conversation, audio_mode: AudioMode,
+                 cancel: threading.Event | None = None) -> tuple[Conversation, list[str]]:
         """Transcribe audio where needed. Returns the conversation the LLM sees and the transcripts
-        of the last user message's clips (shown to the user in both modes)."""
+        of the last user message's clips (shown to the user in both modes). Raises PromptCancelled
+        if `cancel` is set before a transcription."""
         if audio_mode not in ("native", "transcribe"):
             raise ValueError(f"audio_mode must be 'native' or 'transcribe', not {audio_mode!r}")
         last_user = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=-1)
@@ -105,6 +108,8 @@ class Assistant:
                     continue
                 needs_text = audio_mode == "transcribe"
                 transcript = None
+                if cancel is not None and cancel.is_set():
+                    raise PromptCancelled("cancelled while transcribing")
                 if needs_text or (i == last_user and self.transcriber is not None):
                     transcript = self.transcribe(part["audio"])
                 if i == last_user and transcript is not None:
@@ -113,20 +118,10 @@ class Assistant:
             prepared.append({**message, "content": parts})
         return prepared, shown
 
-    def _encode_prompt(self, messages: Conversation):
-        """Encode with the generation prompt; drop the oldest turns (keeping a system message) if the
-        conversation does not fit the context."""
-        budget = self.context_tokens
-        system = [m for m in messages[:1] if m["role"] == "system"]
-        turns = messages[len(system):]
-        while True:
-            sample = self.processor.encode(system + turns, add_generation_prompt=True, with_labels=False)
-            if len(sample.input_ids) < budget or len(turns) <= 1:
-                break
-            turns = turns[2:] if len(turns) > 2 else turns[-1:]
-        if len(sample.input_ids) >= budget:
-            raise SampleTooLongError(f"the prompt has {len(sample.input_ids)} tokens; the model's context is {budget}")
-        return sample
+    def _encode_prompt(self, messages: Conversation, cancel: threading.Event | None = None):
+        """Encode with the generation prompt; drop the oldest exchanges (keeping a system message) if
+        the conversation does not fit the context (work bounded by the context: omniphi.trimming)."""
+        return fit_prompt(self.processor, messages, self.context_tokens, cancel)
 
     # -- prompts as model inputs ----------------------------------------------------------------------
     def _position_keys(self, sample: EncodedSample) -> tuple[list, list["_MediaRun"]]:
@@ -192,8 +187,12 @@ class Assistant:
         `ignore_eos` (benchmarks) decodes max_new_tokens whatever the model says."""
         settings.validate()
         started = time.perf_counter()
-        prepared, transcripts = self._prepare(messages, audio_mode)
-        sequence = self._sequence(self._encode_prompt(prepared), settings, cancel, ignore_eos, started)
+        try:  # Stop, a disconnect or the deadline may come while transcribing or trimming
+            prepared, transcripts = self._prepare(messages, audio_mode, cancel)
+            sample = self._encode_prompt(prepared, cancel)
+        except PromptCancelled:
+            return self._cancelled(settings, started)
+        sequence = self._sequence(sample, settings, cancel, ignore_eos, started)
         sequence.events.extend(Transcript(i, text) for i, text in enumerate(transcripts))
         return sequence
 
@@ -208,6 +207,13 @@ class Assistant:
             raise SampleTooLongError(f"the text has {len(ids)} tokens; the model's context is {self.context_tokens}")
         sample = EncodedSample(torch.tensor(ids, dtype=torch.long), None, torch.zeros(0, 3, 1, 1))
         return self._sequence(sample, settings, cancel, ignore_eos, started)
+
+    def _cancelled(self, settings: GenerationSettings, started: float) -> Sequence:
+        """A sequence that ends before its prompt was encoded: prefill and decoding skip it."""
+        sequence = Sequence(settings, decode=self.processor.decode, stop_token_ids=self.processor.stop_token_ids,
+                            max_new_tokens=0, started=started)
+        sequence.finish("cancelled")
+        return sequence
 
     def _sequence(self, sample: EncodedSample, settings, cancel, ignore_eos, started) -> Sequence:
         prompt_tokens = len(sample.input_ids)

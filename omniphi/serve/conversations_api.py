@@ -9,7 +9,7 @@ generation and the partial answer is kept with `finish_reason: "cancelled"`.
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING, Any, Literal, Optional
+from typing import Any, Literal, Optional
 
 import anyio
 from fastapi import APIRouter, Request
@@ -17,26 +17,15 @@ from fastapi.responses import FileResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from omniphi.chat import Done, GenerationSettings, Token, Transcript
-from omniphi.media import MediaError, decode_data_uri, load_audio, load_image
+from omniphi.media import load_audio, load_image
+from omniphi.serve.admission import MediaCounter, attachment_from_data_uri, parse_json_body
 from omniphi.serve.engine import ChatRequest, JobResult
-from omniphi.serve.errors import ApiError, bad_request, not_found, parse_json_body, status_and_body
-from omniphi.serve.openai_api import SSE_HEADERS, sse
+from omniphi.serve.errors import ApiError, bad_request, not_found, status_and_body
+from omniphi.serve.state import ServeState, state
 from omniphi.serve.store import Store, StoreError, new_id
-
-if TYPE_CHECKING:
-    from omniphi.serve.app import ServeState
+from omniphi.serve.streaming import SSE_HEADERS, sse
 
 router = APIRouter(prefix="/api")
-
-# Mime types an attachment is served back with. Anything else is served as an opaque download:
-# a client-declared type must never make the browser render stored bytes as HTML/SVG.
-_IMAGE_MIMES = {"image/png", "image/jpeg", "image/gif", "image/webp", "image/bmp", "image/tiff"}
-_AUDIO_MIMES = {"audio/webm", "audio/ogg", "audio/mpeg", "audio/mp3", "audio/wav", "audio/x-wav", "audio/wave",
-                "audio/flac", "audio/x-flac", "audio/mp4", "audio/aac", "audio/x-m4a", "audio/opus"}
-
-
-def state(request: Request) -> "ServeState":
-    return request.app.state.omniphi
 
 
 class _Strict(BaseModel):
@@ -151,14 +140,13 @@ async def settings_defaults(request: Request) -> dict[str, Any]:
 # --------------------------------------------------------------------------- chat
 
 
-def _prepare_content(parts: list[ChatPart], st: "ServeState"):
+def _prepare_content(parts: list[ChatPart], st: ServeState):
     """Validate and decode the new question's parts (worker thread). Returns the stored-shape
     parts, the files to write (id, bytes, mime) and the decoded media by attachment id."""
-    config, limits = st.config, st.config.media_limits
+    media = MediaCounter(st.config)
     stored: list[dict[str, Any]] = []
     files: list[tuple[str, bytes, str]] = []
     decoded: dict[str, Any] = {}
-    images = clips = 0
     for i, part in enumerate(parts):
         param = f"content[{i}]"
         if part.type == "text":
@@ -166,31 +154,11 @@ def _prepare_content(parts: list[ChatPart], st: "ServeState"):
                 raise bad_request("A text part needs 'text'.", f"{param}.text", "missing_required_parameter")
             stored.append({"type": "text", "text": part.text})
             continue
-        if part.type == "image":
-            images += 1
-            if images > config.max_images:
-                raise bad_request(f"Too many images: at most {config.max_images} per message.", param, "too_many_images")
-        else:
-            clips += 1
-            if clips > config.max_audio_clips:
-                raise bad_request(f"Too many audio clips: at most {config.max_audio_clips} per message.", param,
-                                  "too_many_audio_clips")
-        if not part.data or part.data[:5].lower() != "data:":
-            raise bad_request(f"An {part.type} part needs 'data' as a data: URI.", f"{param}.data", "invalid_value")
-        try:
-            if part.type == "image":
-                mime, data = decode_data_uri(part.data, limits.max_image_bytes)
-                media = load_image(data, limits)
-                mime = mime if mime in _IMAGE_MIMES else "application/octet-stream"
-            else:
-                mime, data = decode_data_uri(part.data, limits.max_audio_bytes)
-                media = load_audio(data, limits)
-                mime = mime if mime in _AUDIO_MIMES else "application/octet-stream"
-        except MediaError as error:
-            raise ApiError(error.status, str(error), param=f"{param}.data", code=error.code) from None
+        media.count(part.type, param, per="message")
+        mime, data, decoded_media = attachment_from_data_uri(part.type, part.data, f"{param}.data", st)
         att_id = new_id()
         files.append((att_id, data, mime))
-        decoded[att_id] = media
+        decoded[att_id] = decoded_media
         entry = {"type": part.type, "attachment_id": att_id, "mime": mime}
         if part.type == "audio":
             entry["transcript"] = None
@@ -201,12 +169,14 @@ def _prepare_content(parts: list[ChatPart], st: "ServeState"):
 
 
 def _model_conversation(messages: list[dict[str, Any]], system_prompt: str, decoded: dict[str, Any],
-                        st: "ServeState") -> list[dict[str, Any]]:
-    """Stored messages → what the Assistant reads (worker thread). Earlier turns' media is read back
-    from disk and decoded again; an engine-level embedding cache can make that free later."""
+                        st: ServeState) -> list[dict[str, Any]]:
+    """Stored messages → what the Assistant reads (worker thread): the newest `max_messages` of them,
+    so that a long conversation's turn costs what the context can hold, not what was ever said.
+    Earlier turns' media is read back from disk and decoded again; an engine-level embedding cache
+    can make that free later."""
     limits = st.config.media_limits
     out: list[dict[str, Any]] = [{"role": "system", "content": system_prompt}] if system_prompt.strip() else []
-    for message in messages:
+    for message in messages[-st.config.max_messages:]:
         if message["role"] == "assistant":
             text = "".join(p.get("text", "") for p in message["content"] if p["type"] == "text")
             if text:  # an empty answer (failed or stopped at once) tells the model nothing

@@ -20,7 +20,9 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from omniphi.media import MediaError
+from omniphi.media import MediaError, MediaTooLargeError
+from omniphi.processing import SampleTooLongError
+from omniphi.runtime.assistant import TranscriptionUnavailableError
 from omniphi.serve.engine import EngineError, EngineStopped, QueueFull, RequestTimedOut
 
 log = logging.getLogger("omniphi.serve")
@@ -73,6 +75,14 @@ def not_found(message: str, param: str | None = None, code: str = "not_found") -
     return ApiError(404, message, param=param, code=code)
 
 
+def from_media_error(error: MediaError, param: str | None = None) -> ApiError:
+    """Bad media is the request's fault: 400 `invalid_request_error` (as OpenAI and vLLM answer, so
+    the `openai` client raises BadRequestError), 413 when over a size limit; the media's `code`
+    says precisely what is wrong."""
+    status = 413 if isinstance(error, MediaTooLargeError) else 400
+    return ApiError(status, str(error) or "invalid media", param=param, code=error.code)
+
+
 def error_body(status: int, message: str, *, type: str | None = None, param: str | None = None,
                code: str | None = None) -> dict[str, Any]:
     return {"error": {"message": message, "type": type or _TYPES.get(status, "server_error"),
@@ -121,8 +131,7 @@ def status_and_body(exc: BaseException) -> tuple[int, dict[str, Any], dict[str, 
     if isinstance(exc, ApiError):
         return exc.status, error_body(exc.status, exc.message, type=exc.type, param=exc.param, code=exc.code), exc.headers
     if isinstance(exc, MediaError):
-        status = int(getattr(exc, "status", 400))
-        return status, error_body(status, str(exc) or "invalid media", code=getattr(exc, "code", None)), {}
+        return status_and_body(from_media_error(exc))
     if isinstance(exc, QueueFull):
         # Retry-After: the official client honours it (and retries 429s by itself).
         return 429, error_body(429, str(exc), code="queue_full"), {"Retry-After": str(exc.retry_after)}
@@ -133,11 +142,10 @@ def status_and_body(exc: BaseException) -> tuple[int, dict[str, Any], dict[str, 
     if isinstance(exc, ValidationError):
         api = from_validation_errors(exc.errors())
         return status_and_body(api)
-    name = type(exc).__name__
-    # Errors of the model side that are the request's fault (names, to avoid importing torch here).
-    if name == "SampleTooLongError":
+    # Errors of the model side that are the request's fault.
+    if isinstance(exc, SampleTooLongError):
         return 400, error_body(400, str(exc), code="context_length_exceeded"), {}
-    if name == "TranscriptionUnavailableError":
+    if isinstance(exc, TranscriptionUnavailableError):
         return 400, error_body(400, str(exc), code="transcription_unavailable"), {}
     log.error("internal error", exc_info=(type(exc), exc, exc.__traceback__))
     return 500, error_body(500, "The server had an error while processing your request.", code="internal_error"), {}
@@ -182,24 +190,3 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(EngineError, handle_any)
     # Exception goes to ServerErrorMiddleware: it answers with our body and logs the traceback.
     app.add_exception_handler(Exception, handle_any)
-
-
-async def parse_json_body(request: Request, model: type, *, empty_ok: bool = False):
-    """The request's JSON body validated by a pydantic `model`: malformed JSON and wrong types are
-    400 `invalid_request_error` (with `param`), never FastAPI's 422."""
-    raw = await request.body()
-    if not raw.strip() and empty_ok:
-        data: Any = {}
-    else:
-        try:
-            data = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
-            raise bad_request(
-                "We could not parse the JSON body of your request. (HINT: This likely means you aren't using your "
-                "HTTP library correctly. The API expects a JSON payload.)", code="invalid_json") from None
-    if not isinstance(data, dict):
-        raise bad_request("The request body must be a JSON object.", code="invalid_json")
-    try:
-        return model.model_validate(data)
-    except ValidationError as error:
-        raise from_validation_errors(error.errors()) from None

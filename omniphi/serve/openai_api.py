@@ -1,19 +1,16 @@
 """The OpenAI-compatible API: `/v1/chat/completions`, `/v1/models`, `/v1/audio/transcriptions`, `/health`.
 
-Stateless; what it accepts and answers is in docs/serve-api.md. Requests are validated by pydantic
-models (unknown fields ignored, wrong types → 400 with `param`); media goes through
-`omniphi.media` with the server's limits, off the event loop; the model runs in the engine.
+Stateless; what it accepts and answers is in docs/serve-api.md. Bodies are admitted by
+`serve/admission.py` (JSON rules, media limits and decoding, off the event loop) and validated by
+pydantic models (unknown fields ignored, wrong types → 400 with `param`); the model runs in the engine.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import json
 import time
 import uuid
-from typing import TYPE_CHECKING, Any, Literal, Optional, Union
+from typing import Any, Literal, Optional, Union
 
 import anyio
 from fastapi import APIRouter, Request
@@ -22,25 +19,19 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import UploadFile
 
 from omniphi.chat import Done, GenerationSettings, Token, Transcript
-from omniphi.media import MediaError, MediaTooLargeError, decode_data_uri, load_audio, load_image
-from omniphi.serve.engine import ChatRequest, Job, TranscriptionRequest
-from omniphi.serve.errors import (
-    ApiError,
-    bad_request,
-    from_validation_errors,
-    not_found,
+from omniphi.serve.admission import (
+    MediaCounter,
+    audio_from_base64,
+    audio_upload,
+    image_from_url,
     parse_json_body,
-    status_and_body,
 )
-
-if TYPE_CHECKING:
-    from omniphi.serve.app import ServeState
+from omniphi.serve.engine import ChatRequest, Job, TranscriptionRequest
+from omniphi.serve.errors import bad_request, from_validation_errors, not_found, status_and_body
+from omniphi.serve.state import ServeState, state
+from omniphi.serve.streaming import SSE_HEADERS, sse
 
 router = APIRouter()
-
-
-def state(request: Request) -> "ServeState":
-    return request.app.state.omniphi
 
 
 # --------------------------------------------------------------------------- request models
@@ -73,7 +64,7 @@ class ChatCompletionRequest(_Strict):
     max_tokens: Optional[int] = Field(default=None, ge=1)
     max_completion_tokens: Optional[int] = Field(default=None, ge=1)
     stop: Union[str, list[str], None] = None
-    seed: Optional[int] = None
+    seed: Optional[int] = None  # 64-bit, like every integer (omniphi.serve.admission)
     n: Optional[int] = None
     audio_mode: Optional[Literal["native", "transcribe"]] = None
 
@@ -91,83 +82,20 @@ class _InputAudio(_Strict):
 _PART_TYPES = "'text', 'image_url' and 'input_audio'"
 
 
-# --------------------------------------------------------------------------- media
+# --------------------------------------------------------------------------- conversion
 
 
-def _fetch_remote(url: str, max_bytes: int, param: str) -> bytes:
-    """GET an http(s) URL, bounded in bytes and time (only with --allow-remote-media)."""
-    import httpx
-
-    try:
-        with httpx.Client(follow_redirects=True, max_redirects=3, timeout=10.0) as client:
-            with client.stream("GET", url) as response:
-                if response.status_code != 200:
-                    raise bad_request(f"Could not fetch the image: the URL answered HTTP {response.status_code}.",
-                                      param, "invalid_image_url")
-                declared = response.headers.get("content-length")
-                if declared and declared.isdigit() and int(declared) > max_bytes:
-                    raise MediaTooLargeError(f"image is {declared} bytes, over the limit of {max_bytes} bytes")
-                data = bytearray()
-                for chunk in response.iter_bytes():
-                    data += chunk
-                    if len(data) > max_bytes:
-                        raise MediaTooLargeError(f"image is larger than the limit of {max_bytes} bytes")
-                return bytes(data)
-    except httpx.HTTPError as error:
-        raise bad_request(f"Could not fetch the image: {error}", param, "invalid_image_url") from None
-
-
-def _with_param(error: MediaError, param: str) -> ApiError:
-    return ApiError(error.status, str(error), param=param, code=error.code)
-
-
-def _decode_image(url: str, param: str, st: "ServeState"):
-    limits = st.config.media_limits
-    scheme = url.split(":", 1)[0].lower() if ":" in url else ""
-    try:
-        if scheme == "data":
-            _mime, data = decode_data_uri(url, limits.max_image_bytes)
-        elif scheme in ("http", "https"):
-            if not st.config.allow_remote_media:
-                raise bad_request("Remote image URLs are disabled on this server (start it with "
-                                  "--allow-remote-media to allow them); send the image as a data: URI.",
-                                  param, "remote_media_disabled")
-            data = _fetch_remote(url, limits.max_image_bytes, param)
-        else:
-            raise bad_request("Invalid image URL: expected a data: URI (or http(s) with --allow-remote-media).",
-                              param, "invalid_image_url")
-        return load_image(data, limits)
-    except MediaError as error:
-        raise _with_param(error, param) from None
-
-
-def _decode_audio_b64(text: str, param: str, st: "ServeState"):
-    limits = st.config.media_limits
-    try:
-        if text[:5].lower() == "data:":  # tolerated: some clients send a whole data URI
-            _mime, data = decode_data_uri(text, limits.max_audio_bytes)
-        else:
-            compact = "".join(text.split())
-            if len(compact) * 3 // 4 > limits.max_audio_bytes + 2:  # refuse before decoding
-                raise MediaTooLargeError(f"audio is over the limit of {limits.max_audio_bytes} bytes")
-            try:
-                data = base64.b64decode(compact, validate=True)
-            except (binascii.Error, ValueError):
-                raise bad_request("input_audio.data is not valid base64.", param, "invalid_base64") from None
-        return load_audio(data, limits)
-    except MediaError as error:
-        raise _with_param(error, param) from None
-
-
-def _convert_messages(body: ChatCompletionRequest, st: "ServeState") -> list[dict[str, Any]]:
+def _convert_messages(body: ChatCompletionRequest, st: ServeState) -> list[dict[str, Any]]:
     """OpenAI messages → omniphi.chat messages with decoded media (runs in a worker thread).
 
     System/developer messages are merged into one leading system message: the chat templates only
     take a system prompt first."""
-    config = st.config
+    if len(body.messages) > st.config.max_messages:
+        raise bad_request(f"Too many messages: at most {st.config.max_messages} per request (the model's "
+                          "context holds far fewer).", "messages", "too_many_messages")
+    media = MediaCounter(st.config)
     system: list[str] = []
     turns: list[dict[str, Any]] = []
-    images = clips = 0
     for i, message in enumerate(body.messages):
         role = "system" if message.role == "developer" else message.role
         content = message.content
@@ -192,21 +120,14 @@ def _convert_messages(body: ChatCompletionRequest, st: "ServeState") -> list[dic
                 elif kind in ("image_url", "input_audio"):
                     if role != "user":
                         raise bad_request(f"'{kind}' parts are only allowed in user messages.", f"{param}.type", "invalid_value")
+                    media.count("image" if kind == "image_url" else "audio", param)
                     if kind == "image_url":
-                        images += 1
-                        if images > config.max_images:
-                            raise bad_request(f"Too many images: at most {config.max_images} per request.",
-                                              param, "too_many_images")
                         spec = raw.get("image_url")
                         url = spec if isinstance(spec, str) else _validated(_ImageURL, spec, f"{param}.image_url").url
-                        parts.append({"type": "image", "image": _decode_image(url, f"{param}.image_url.url", st)})
+                        parts.append({"type": "image", "image": image_from_url(url, f"{param}.image_url.url", st)})
                     else:
-                        clips += 1
-                        if clips > config.max_audio_clips:
-                            raise bad_request(f"Too many audio clips: at most {config.max_audio_clips} per request.",
-                                              param, "too_many_audio_clips")
                         spec = _validated(_InputAudio, raw.get("input_audio"), f"{param}.input_audio")
-                        parts.append({"type": "audio", "audio": _decode_audio_b64(spec.data, f"{param}.input_audio.data", st)})
+                        parts.append({"type": "audio", "audio": audio_from_base64(spec.data, f"{param}.input_audio.data", st)})
                 else:
                     raise bad_request(f"Invalid value: {kind!r}. Supported values are: {_PART_TYPES}.",
                                       f"{param}.type", "invalid_value")
@@ -238,7 +159,7 @@ def _split_param(param: str) -> list:
     return out
 
 
-def _settings(body: ChatCompletionRequest, st: "ServeState") -> GenerationSettings:
+def _settings(body: ChatCompletionRequest, st: ServeState) -> GenerationSettings:
     config = st.config
     stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
     settings = GenerationSettings(
@@ -266,7 +187,7 @@ async def health(request: Request) -> JSONResponse:
     return JSONResponse(body, status_code=200 if ok else 503)
 
 
-def _model_object(st: "ServeState") -> dict[str, Any]:
+def _model_object(st: ServeState) -> dict[str, Any]:
     return {"id": st.engine.model_name, "object": "model", "created": int(st.started_at), "owned_by": "omniphi"}
 
 
@@ -301,13 +222,6 @@ async def wait_for_job(job: Job, request: Request):
     finally:
         watcher.cancel()
         job.cancel()  # no-op when finished; stops the model if we are being torn down
-
-
-def sse(data: Any) -> str:
-    return f"data: {json.dumps(data, ensure_ascii=False, separators=(',', ':'))}\n\n"
-
-
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 @router.post("/v1/chat/completions")
@@ -397,10 +311,7 @@ async def transcriptions(request: Request) -> Response:
         data = await upload.read(limits.max_audio_bytes + 1)
     finally:
         await form.close()
-    try:
-        audio = await anyio.to_thread.run_sync(load_audio, data, limits)
-    except MediaError as error:
-        raise _with_param(error, "file") from None
+    audio = await anyio.to_thread.run_sync(audio_upload, data, "file", st)
     result = await wait_for_job(st.engine.submit(TranscriptionRequest(audio)), request)
     text = result.transcripts[0] if result.transcripts else ""
     if response_format == "text":

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import uvicorn
 
-from omniphi.serve.app import ServeConfig
+from omniphi.serve.state import ServeConfig
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,6 +28,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         help="let requests reference http(s) image URLs that the server fetches (off: SSRF risk)")
     parser.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                         help="allow cross-origin requests from ORIGIN (repeatable; none by default)")
+    parser.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                        help="also answer requests for host NAME (repeatable), e.g. a LAN name or a proxy's; loopback "
+                             "names and the --host address always work, others are refused (DNS rebinding)")
     parser.add_argument("--max-queue", type=int, default=8, help="requests that may wait for the model (then 429)")
     parser.add_argument("--request-timeout", type=float, default=300.0, help="seconds per request, queue included")
     parser.add_argument("--audio-mode", choices=("native", "transcribe"), default="native",
@@ -42,6 +45,7 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         data_dir=Path(args.data_dir).expanduser() if args.data_dir else None,
         allow_remote_media=args.allow_remote_media,
         cors_origins=list(args.cors_origin or []),
+        allowed_hosts=list(getattr(args, "allowed_host", None) or []) + _bound_names(args.host),
         max_queue=args.max_queue,
         request_timeout_s=args.request_timeout,
         audio_mode=args.audio_mode,
@@ -83,6 +87,11 @@ class _Server(uvicorn.Server):
             host = self.config.host if ":" not in self.config.host else f"[{self.config.host}]"
             name = self.config.app.state.omniphi.engine.model_name
             print(f"omniphi: serving {name} on http://{host}:{port}/", flush=True)
+
+
+def _bound_names(host: str) -> list[str]:
+    """The --host address as a name clients may use (a wildcard address names no host)."""
+    return [] if host in ("0.0.0.0", "::", "") else [host]
 
 
 def _is_loopback(host: str) -> bool:

@@ -86,14 +86,33 @@ def title_from(text: str) -> str:
     return " ".join(text.split())[:TITLE_CHARS].strip()
 
 
+def _make_private(path: Path, mode: int) -> None:
+    """chmod `path` to `mode` if it exists and is ours (a shared directory given as the data dir is
+    left as it is rather than failing the start)."""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        return
+    if info.st_uid == os.geteuid() and info.st_mode & 0o777 != mode:
+        os.chmod(path, mode)
+
+
 class Store:
     def __init__(self, data_dir: str | os.PathLike | None = None):
         self.data_dir = Path(data_dir).expanduser() if data_dir else default_data_dir()
         self.files = self.data_dir / "attachments"
-        # Private by default: conversations are personal.
-        self.files.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # Private: conversations are personal. Directories 0700, files 0600, whatever the umask and
+        # also for a data dir made by an older version. SQLite creates its -wal and -shm files
+        # with the permissions of the database file, so creating that one 0600 covers them.
+        db_path = self.data_dir / "omniphi.db"
+        for directory in (self.data_dir, self.files):
+            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            _make_private(directory, 0o700)
+        os.close(os.open(db_path, os.O_RDWR | os.O_CREAT, 0o600))
+        for path in (db_path, Path(f"{db_path}-wal"), Path(f"{db_path}-shm")):
+            _make_private(path, 0o600)
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(self.data_dir / "omniphi.db", check_same_thread=False, isolation_level=None)
+        self._db = sqlite3.connect(db_path, check_same_thread=False, isolation_level=None)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")

@@ -82,7 +82,8 @@ def make_client(tmp_path) -> Callable[..., TestClient]:
 
     def make(assistant=None, *, raise_server_exceptions: bool = False, **config) -> TestClient:
         app = create_app(assistant if assistant is not None else FakeAssistant(), make_config(tmp_path, **config))
-        client = TestClient(app, raise_server_exceptions=raise_server_exceptions)
+        # A loopback name: the server refuses others (DNS rebinding); TestClient's default is "testserver".
+        client = TestClient(app, raise_server_exceptions=raise_server_exceptions, base_url="http://localhost")
         client.__enter__()
         opened.append(client)
         return client

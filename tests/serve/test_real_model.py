@@ -29,7 +29,7 @@ def assistant():
 def client(assistant, tmp_path_factory):
     app = create_app(assistant, ServeConfig(data_dir=tmp_path_factory.mktemp("real-model"), temperature=0.0,
                                             system_prompt=""))
-    with TestClient(app, raise_server_exceptions=False) as client:
+    with TestClient(app, raise_server_exceptions=False, base_url="http://localhost") as client:
         yield client
 
 

@@ -84,13 +84,13 @@ BAD_REQUESTS = [
      "messages[0].content[4]"),
     ("corrupt image", dict(json=chat_body(image_part(png_bytes()[:60]))), 400, "invalid_media",
      "messages[0].content[0].image_url.url"),
-    ("not an image", dict(json=chat_body(image_part(b"%PDF-1.4 hello", "image/png"))), 415,
+    ("not an image", dict(json=chat_body(image_part(b"%PDF-1.4 hello", "image/png"))), 400,
      "unsupported_media_type", "messages[0].content[0].image_url.url"),
     ("bad base64 in a data URI", dict(json=chat_body({"type": "image_url", "image_url": {"url": "data:image/png;base64,@@@@"}})),
      400, "invalid_media", "messages[0].content[0].image_url.url"),
     ("decompression bomb", dict(json=chat_body(image_part(bomb_png()))), 413, "media_too_large",
      "messages[0].content[0].image_url.url"),
-    ("audio that is not audio", dict(json=chat_body(audio_part(png_bytes()))), 415, "unsupported_media_type",
+    ("audio that is not audio", dict(json=chat_body(audio_part(png_bytes()))), 400, "unsupported_media_type",
      "messages[0].content[0].input_audio.data"),
     ("corrupt audio", dict(json=chat_body(audio_part(b"RIFF\x24\x00\x00\x00WAVEfmt garbage" * 4))), 400,
      "invalid_media", "messages[0].content[0].input_audio.data"),
@@ -166,7 +166,7 @@ def test_transcription_errors(client):
     assert_error(client.post(url, json={"file": "x"}), 400, param="file")
     assert_error(client.post(url, files={"file": ("a.wav", speech())}, data={"response_format": "srt"}), 400,
                  code="invalid_value", param="response_format")
-    assert_error(client.post(url, files={"file": ("a.png", png_bytes())}), 415, code="unsupported_media_type",
+    assert_error(client.post(url, files={"file": ("a.png", png_bytes())}), 400, code="unsupported_media_type",
                  param="file")
     assert_error(client.post(url, files={"file": ("a.wav", b"RIFF\x00\x00\x00\x00WAVEjunk" * 3)}), 400,
                  code="invalid_media", param="file")

@@ -96,10 +96,17 @@ def test_typed_exceptions(oai, server):
     with pytest.raises(openai.NotFoundError):
         oai.models.retrieve("gpt-4")
 
-    with pytest.raises(openai.APIStatusError) as info:  # 415: no dedicated class
-        oai.chat.completions.create(model="m", messages=[{"role": "user", "content": [
-            {"type": "image_url", "image_url": {"url": data_uri(b"%PDF-1.4", "image/png")}}]}])
-    assert info.value.status_code == 415
+    # Bad media is a BadRequestError, as from OpenAI (it was a bare APIStatusError: 415), with a precise code.
+    for url, code in [(data_uri(b"%PDF-1.4", "image/png"), "unsupported_media_type"),
+                      (data_uri(png_bytes()[:60], "image/png"), "invalid_media")]:
+        with pytest.raises(openai.BadRequestError) as info:
+            oai.chat.completions.create(model="m", messages=[{"role": "user", "content": [
+                {"type": "image_url", "image_url": {"url": url}}]}])
+        assert info.value.code == code and info.value.body["type"] == "invalid_request_error"
+        assert info.value.param == "messages[0].content[0].image_url.url"
+    with pytest.raises(openai.BadRequestError) as info:  # audio the decoder cannot read
+        oai.audio.transcriptions.create(model="whisper-1", file=("a.wav", b"RIFF\x00\x00\x00\x00WAVEjunk" * 3))
+    assert info.value.code == "invalid_media"
 
     # The server still answers normally afterwards.
     assert oai.chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}]).choices

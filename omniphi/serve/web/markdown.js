@@ -52,6 +52,14 @@ const LANG_LABEL = { js: "javascript", ts: "typescript", py: "python", sh: "bash
  */
 export function renderMarkdown(el, text, { final = true } = {}) {
   el.innerHTML = markdownToHtml(text);
+  if (String(text || "").trim() && !el.textContent.trim() && !el.querySelector("hr")) {
+    // Everything was markup the sanitiser removed (an answer that is only <script> or <img onerror>):
+    // show it as text rather than as an empty bubble, so the user sees what the model said.
+    const plain = document.createElement("p");
+    plain.className = "as-text";
+    plain.textContent = text;
+    el.replaceChildren(plain);
+  }
   for (const pre of el.querySelectorAll("pre")) {
     const code = pre.querySelector("code") || pre;
     const lang = (code.getAttribute("data-lang") || "").toLowerCase();
