@@ -9,6 +9,7 @@ a second afterwards.
 from __future__ import annotations
 
 import importlib.util
+import warnings
 from pathlib import Path
 
 import torch
@@ -82,13 +83,24 @@ def load_starter_llm(dtype: torch.dtype = torch.float32):
     stamp = {"source": str(src), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "converter": CONVERTER_VERSION}
 
     def build(out: Path):
+        from transformers.utils import logging as hf_logging
+
         # float32: the dequantised Q4_1 values (fp16 scale × int4 + fp16 min) are not exactly
         # representable in 16 bits, so anything smaller would add a second rounding.
-        model, tokenizer = convert_gguf_llm(src, dtype=torch.float32)
+        bars_were_off = not hf_logging.is_progress_bar_enabled()
+        with warnings.catch_warnings():  # huggingface_hub's "HF_HUB_DISABLE_PROGRESS_BARS has priority":
+            warnings.simplefilter("ignore", UserWarning)  # right, it is only transformers' bar we want
+            hf_logging.enable_progress_bar()  # the dequantisation's progress: the long part of a first start
+        try:
+            model, tokenizer = convert_gguf_llm(src, dtype=torch.float32)
+        finally:
+            if bars_were_off:
+                hf_logging.disable_progress_bar()
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)
 
-    path = cached_build(STARTER_CACHE_NAME, build, stamp)
+    path = cached_build(STARTER_CACHE_NAME, build, stamp,
+                        what="the starter LLM, SmolLM2-135M-Instruct, from its GGUF file (~30 s)")
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval()
     tokenizer = AutoTokenizer.from_pretrained(path)
     return model, tokenizer
