@@ -183,3 +183,11 @@ def test_cli_spoken(fake, fixtures, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(base + [str(fixtures / "llava/instruct.json"), "--out", str(out), "--rates", "fast"])
     assert exc.value.code == 2
+
+
+
+def test_a_missing_engine_names_its_debian_package():
+    from omniphi.data.tts import program_not_found
+
+    assert "`sudo apt-get install flite` or `make system-deps`" in program_not_found("flite", "x")
+    assert "apt-get" not in program_not_found("my-tts", "x") and "install it" in program_not_found("my-tts", "x")
