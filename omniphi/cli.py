@@ -180,14 +180,25 @@ def cmd_chat(args) -> int:
         history.append({"role": "assistant", "content": answer})
 
 
+# Presets whose speech recogniser is the packaged Whisper tiny.en (as omniphi.presets.load_transcriber
+# says): `omniphi transcribe` loads it without importing the presets module and its LLM side (~2x the imports).
+_PACKAGED_WHISPER_PRESETS = ("starter", "starter-base")
+
+
 def cmd_transcribe(args) -> int:
     from transformers.utils import logging as hf_logging
 
-    from omniphi.presets import load_transcriber
-
     hf_logging.disable_progress_bar()
     audio = _load_media("audio", args.file)
-    print(load_transcriber(args.model).transcribe(audio))
+    if args.model in _PACKAGED_WHISPER_PRESETS:
+        from omniphi.asr import Transcriber
+
+        transcriber = Transcriber.starter()
+    else:
+        from omniphi.presets import load_transcriber
+
+        transcriber = load_transcriber(args.model)
+    print(transcriber.transcribe(audio))
     return 0
 
 

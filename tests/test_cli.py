@@ -128,3 +128,14 @@ def test_every_help_shows_the_defaults():
                 continue
             if isinstance(default, (str, int, float)) and action.option_strings:
                 assert f"(default: {default})" in " ".join(text.split()), (name, action.option_strings)
+
+
+@pytest.mark.slow
+def test_transcribe_with_the_starter_loads_only_whisper():
+    """`omniphi transcribe` starts fast: the LLM side (omniphi.presets and what it imports) stays unloaded."""
+    code = ("import sys; from omniphi.cli import main; assert main(['transcribe', sys.argv[1]]) == 0; "
+            "print('presets imported:', 'omniphi.presets' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code, str(SPEECH / "capital.wav")], capture_output=True, text=True,
+                            cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["What is the capital of France?", "presets imported: False"]
