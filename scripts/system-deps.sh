@@ -36,7 +36,7 @@ if [ "$(id -u)" -eq 0 ]; then
 elif command -v sudo >/dev/null 2>&1; then
     as_root=(sudo)
 else
-    echo "omniphi needs the Debian packages ${missing[*]}: run \`${install[*]}\` as root (no sudo here)" >&2
+    echo "omniphi needs the Debian packages ${missing[*]}: run \`apt-get update && ${install[*]}\` as root (no sudo here)" >&2
     exit 1
 fi
 echo "system-deps: installing Debian packages ${missing[*]} (once, ~1-3 min)" >&2

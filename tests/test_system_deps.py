@@ -86,7 +86,7 @@ def test_a_user_without_sudo_gets_one_line_naming_the_command_and_a_failure(mach
     done, calls = machine.run("espeak-ng", "flite")
     assert done.returncode == 1 and calls == []
     assert done.stderr.count("\n") == 1
-    assert "`apt-get install -y -q --no-install-recommends espeak-ng flite` as root" in done.stderr
+    assert "`apt-get update && apt-get install -y -q --no-install-recommends espeak-ng flite` as root" in done.stderr
 
 
 def test_a_machine_without_apt_get_is_told_which_packages_are_missing(machine):
