@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # this checkout's omniphi, also where an editable install points elsewhere
 CLIP = ROOT / "tests" / "fixtures" / "speech" / "capital.wav"
 COMMANDS = {
     "omniphi --help": ["--help"],
