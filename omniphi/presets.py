@@ -222,27 +222,43 @@ def locate(repo_id: str) -> str:
     return repo_id
 
 
+def _hub_unavailable(sources) -> str | None:
+    """Why weights must come from local files only (None when the hub may be asked): offline by
+    setting, or a quick probe found no hub (see omniphi.weights.hub). Local directories need no hub."""
+    from omniphi.weights.hub import hub_endpoint, hub_offline_by_setting, hub_reachable
+
+    if all(Path(source).is_dir() for source in sources):
+        return None
+    if hub_offline_by_setting():
+        return "offline (HF_HUB_OFFLINE=1) and not in the Hugging Face cache"
+    if not hub_reachable():
+        return f"not in the Hugging Face cache, and the hub ({hub_endpoint()}) cannot be reached"
+    return None
+
+
 def load_phi2(dtype: torch.dtype = torch.float32) -> LoadedModel:
     from transformers import WhisperProcessor
 
-    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
     sources = {part: locate(repo) for part, repo in PHI2_PARTS.items()}
+    unavailable = _hub_unavailable(sources.values())
+    local = {"local_files_only": unavailable is not None}
     missing = []
     loaded = {}
     for part, source in sources.items():
         try:
             if part == "llm":
-                loaded[part] = (AutoModelForCausalLM.from_pretrained(source, dtype=dtype),
-                                AutoTokenizer.from_pretrained(source))
+                # adapter_kwargs: transformers' look-up of a PEFT adapter ignores local_files_only.
+                loaded[part] = (AutoModelForCausalLM.from_pretrained(source, dtype=dtype, adapter_kwargs=local, **local),
+                                AutoTokenizer.from_pretrained(source, **local))
             elif part == "vision":
-                loaded[part] = CLIPVisionModel.from_pretrained(source, dtype=dtype)
+                loaded[part] = CLIPVisionModel.from_pretrained(source, dtype=dtype, **local)
             else:
-                loaded[part] = (WhisperForConditionalGeneration.from_pretrained(source, dtype=dtype),
-                                WhisperProcessor.from_pretrained(source))
+                loaded[part] = (WhisperForConditionalGeneration.from_pretrained(source, dtype=dtype, **local),
+                                WhisperProcessor.from_pretrained(source, **local))
         except OSError:
             missing.append(PHI2_PARTS[part])
     if missing:
-        where = "offline and not in the Hugging Face cache" if offline else "not found locally and could not be downloaded"
+        where = unavailable or "not found locally and could not be downloaded"
         raise MissingWeightsError(
             f"the phi2 preset needs {', '.join(missing)}, {where}. Provide them by running "
             f"`huggingface-cli download <repo>` on a machine with internet (then copy ~/.cache/huggingface), "
@@ -277,8 +293,9 @@ def load_preset_transcriber(name: str):
     if name != "phi2":
         return None
     source = locate(PHI2_PARTS["audio"])
+    local = {"local_files_only": _hub_unavailable([source]) is not None}
     try:
-        whisper = WhisperForConditionalGeneration.from_pretrained(source)
+        whisper = WhisperForConditionalGeneration.from_pretrained(source, **local)
     except OSError as error:
         raise MissingWeightsError(f"cannot load Whisper from {source}: {error}") from None
-    return _transcriber(whisper, WhisperProcessor.from_pretrained(source))
+    return _transcriber(whisper, WhisperProcessor.from_pretrained(source, **local))

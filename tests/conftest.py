@@ -1,4 +1,5 @@
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,26 @@ FIXTURES = ROOT / "tests" / "fixtures"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("OMNIPHI_CACHE", str(ROOT / ".cache" / "omniphi"))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def require_program(name: str) -> str:
+    """The path of system program `name` (espeak-ng, flite, chromium); a missing one fails the test
+    with the one line that says how to install it, never a skip (`make test` installs them first)."""
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(f"{name} is not installed: run `make system-deps` (installs the Debian package {name})",
+                    pytrace=False)
+    return path
+
+
+@pytest.fixture
+def espeak_ng() -> str:
+    return require_program("espeak-ng")
+
+
+@pytest.fixture
+def flite() -> str:
+    return require_program("flite")
 
 
 @pytest.fixture(scope="session")

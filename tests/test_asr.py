@@ -8,9 +8,10 @@ import re
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 
-from omniphi.asr import SAMPLING_RATE, Transcriber, split_windows
+from omniphi.asr import SAMPLING_RATE, SuppressTokens, Transcriber, split_windows
 
 SR = SAMPLING_RATE
 SPEECH = Path(__file__).parent / "fixtures" / "speech"
@@ -148,3 +149,25 @@ def test_long_audio_is_transcribed_in_three_windows(transcriber, load_audio):
     text = norm(transcriber.transcribe(audio))
     # tiny.en's reading of fox.wav is "... jump over the lazy nog" (see the xfail above).
     assert re.fullmatch(r"what is the capital of france the quick brown fox( \w+){5} what is the capital of france", text), text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("clip", ["capital.wav", "fox.wav", "capital.mp3"])
+def test_token_bans_match_transformers_own_processors(transcriber, load_audio, clip):
+    """SuppressTokens replaces transformers' isin-per-step processors: the same tokens come out."""
+    audio = load_audio(SPEECH / clip)
+    feats = transcriber.processor.feature_extractor(audio, sampling_rate=SR, return_tensors="pt").input_features
+    with torch.inference_mode():
+        stock = transcriber.model.generate(input_features=feats, do_sample=False, num_beams=1)
+        ours = transcriber.model.generate(
+            input_features=feats, generation_config=transcriber._generation_config,
+            logits_processor=[SuppressTokens(*transcriber._suppress, vocab_size=transcriber.model.config.vocab_size)])
+    assert stock.tolist() == ours.tolist()
+
+
+def test_suppress_tokens_bans_begin_tokens_only_at_the_first_step():
+    bans = SuppressTokens([1, 5], [2], vocab_size=8)
+    first = bans(torch.zeros(1, 2, dtype=torch.long), torch.zeros(1, 8))
+    later = bans(torch.zeros(1, 3, dtype=torch.long), torch.zeros(1, 8))
+    assert torch.isinf(first[0]).nonzero().flatten().tolist() == [1, 2, 5]
+    assert torch.isinf(later[0]).nonzero().flatten().tolist() == [1, 5]

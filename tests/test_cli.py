@@ -1,5 +1,6 @@
 """The `omniphi` command as a user runs it (subprocesses)."""
 
+import argparse
 import os
 import subprocess
 import sys
@@ -81,3 +82,60 @@ def test_chat_repl_commands(tmp_path):
     assert "image file not found" in result.stderr  # reported, the chat went on
     assert "[conversation cleared]" in result.stderr
     assert result.stdout.count("assistant> ") == 2
+
+
+def test_chat_audio_line_alone_sends_the_clip_as_the_question(monkeypatch, capsys, tmp_path):
+    from omniphi import cli
+    from omniphi.chat import Done, Token
+
+    asked = []
+
+    class Recorder:
+        name = "recorder"
+
+        def stream(self, messages, settings, audio_mode):
+            asked.append([part["type"] for part in messages[-1]["content"]])
+            yield Token("ok")
+            yield Done("stop", 1, 1)
+
+    image = tmp_path / "red.png"
+    Image.new("RGB", (8, 8), (255, 0, 0)).save(image)
+    lines = iter([f"/audio {SPEECH / 'capital.wav'}", f"/image {image}", f"/audio {SPEECH / 'fox.wav'}",
+                  "and now?", "/exit"])
+    monkeypatch.setattr("builtins.input", lambda prompt="": next(lines))
+    monkeypatch.setattr(cli, "_load_assistant", lambda spec: Recorder())
+    assert cli.main(["chat"]) == 0
+    # each /audio line is a turn of its own (with the image attached before it); typed text stays text
+    assert asked == [["audio"], ["image", "audio"], ["text"]]
+    assert capsys.readouterr().out.count("assistant> ") == 3
+
+
+def test_every_help_shows_the_defaults():
+    from omniphi.cli import _PLUGGED_COMMANDS, build_parser
+
+    parser = build_parser()
+    ask_help = omniphi("ask", "--help").stdout
+    assert "(default: starter)" in ask_help and "(default: None)" not in ask_help
+    for option in ("--image", "--audio"):
+        assert next(a for a in parser._subparsers._group_actions[0].choices["ask"]._actions
+                    if option in a.option_strings).help
+    for name in ["ask", "chat", "transcribe", "export-llava"] + [c[0] for c in _PLUGGED_COMMANDS]:
+        sub = build_parser(name)._subparsers._group_actions[0].choices[name]
+        text = sub.format_help()
+        for action in sub._actions:
+            default = action.default
+            if action.help is None or default in (None, argparse.SUPPRESS) or default is False or default == []:
+                continue
+            if isinstance(default, (str, int, float)) and action.option_strings:
+                assert f"(default: {default})" in " ".join(text.split()), (name, action.option_strings)
+
+
+@pytest.mark.slow
+def test_transcribe_with_the_starter_loads_only_whisper():
+    """`omniphi transcribe` starts fast: the LLM side (omniphi.presets and what it imports) stays unloaded."""
+    code = ("import sys; from omniphi.cli import main; assert main(['transcribe', sys.argv[1]]) == 0; "
+            "print('presets imported:', 'omniphi.presets' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code, str(SPEECH / "capital.wav")], capture_output=True, text=True,
+                            cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["What is the capital of France?", "presets imported: False"]

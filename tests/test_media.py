@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
-import shutil
 import struct
-import subprocess
 import zlib
 from pathlib import Path
 
@@ -30,13 +28,43 @@ from omniphi.media import (
 
 SPEECH = Path(__file__).parent / "fixtures" / "speech"
 AUDIO_FIXTURES = ["wav", "mp3", "flac", "ogg", "opus", "webm", "m4a"]
-# ffmpeg is a test dependency (`make system-deps`); without it these tests fail rather than skip.
 
 
 def _encode(im: Image.Image, fmt: str, **kw) -> bytes:
     buf = io.BytesIO()
     im.save(buf, fmt, **kw)
     return buf.getvalue()
+
+
+def _write_silent_opus_webm(path: Path, seconds: float) -> None:
+    """Silence as WebM/Opus, written with PyAV (no ffmpeg program needed): a few bytes a second."""
+    import av
+
+    rate, frame_samples = 48_000, 2_880  # 60 ms frames: the cheapest Opus setting
+    with av.open(str(path), "w", format="webm") as out:
+        stream = out.add_stream("libopus", rate=rate, options={"frame_duration": "60", "compression_level": "0"})
+        stream.bit_rate = 6_000
+        stream.layout = "mono"
+        silence = np.zeros((1, frame_samples), dtype=np.int16)
+        for index in range(int(seconds * rate / frame_samples)):
+            frame = av.AudioFrame.from_ndarray(silence, format="s16", layout="mono")
+            frame.sample_rate, frame.pts = rate, index * frame_samples
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+
+
+def _write_video_only_mkv(path: Path) -> None:
+    """A Matroska file with one tiny MJPEG video stream and no audio stream."""
+    import av
+
+    with av.open(str(path), "w", format="matroska") as out:
+        stream = out.add_stream("mjpeg", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 16, 16, "yuvj420p"
+        red = np.zeros((16, 16, 3), np.uint8)
+        red[..., 0] = 255
+        for _ in range(5):
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(red, format="rgb24")))
+        out.mux(stream.encode(None))
 
 
 def _wav(samples: np.ndarray, rate: int) -> bytes:
@@ -195,14 +223,7 @@ def test_audio_over_duration_limit_stops_decoding_early(monkeypatch):
 def test_long_low_bitrate_audio_rejected_with_default_limits(tmp_path):
     # 400 s of silence as WebM/Opus is a few KB: the byte limit cannot catch it, duration must.
     path = tmp_path / "long.webm"
-    subprocess.run(
-        ["ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin", "-y",
-         "-f", "lavfi", "-i", "anullsrc=r=8000:cl=mono", "-t", "400",
-         # Cheapest Opus settings (60 ms frames, lowest complexity): keeps the test ~1 s.
-         "-c:a", "libopus", "-b:a", "6k", "-compression_level", "0", "-frame_duration", "60",
-         str(path)],
-        check=True, timeout=60,
-    )
+    _write_silent_opus_webm(path, seconds=400)
     assert path.stat().st_size < media.DEFAULT_LIMITS.max_audio_bytes // 100
     with pytest.raises(MediaTooLargeError, match="300 s limit") as exc:
         load_audio(path)
@@ -235,11 +256,7 @@ def test_wav_with_zero_samples_is_corrupt():
 
 def test_container_without_audio_stream_is_corrupt(tmp_path):
     path = tmp_path / "video_only.mkv"
-    subprocess.run(
-        ["ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin", "-y",
-         "-f", "lavfi", "-i", "color=c=red:s=16x16:d=0.2", "-c:v", "mjpeg", str(path)],
-        check=True, timeout=60,
-    )
+    _write_video_only_mkv(path)
     with pytest.raises(CorruptMediaError, match="no audio stream") as exc:
         load_audio(path)
     assert exc.value.code == "invalid_media"

@@ -457,3 +457,17 @@ def test_llm_cache_is_reused(llm, monkeypatch):
     model, tok = gguf_llm.load_starter_llm()
     assert torch.equal(model.model.embed_tokens.weight, llm[0].model.embed_tokens.weight)
     assert tok.eos_token_id == 2
+
+
+def test_a_build_is_announced_with_the_first_start_notice_once(tmp_path, monkeypatch, capsys):
+    from omniphi.weights import cache
+
+    monkeypatch.setenv("OMNIPHI_CACHE", str(tmp_path))
+    monkeypatch.setattr(cache, "_first_start_noticed", False)
+    cached_build("a", lambda d: (d / "x").write_text("1"), what="part A (~1 s)")
+    cached_build("b", lambda d: (d / "x").write_text("1"), what="part B (~1 s)")
+    cached_build("a", lambda d: (d / "x").write_text("1"), what="part A (~1 s)")  # cached: silent
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == cache.FIRST_START_NOTICE
+    assert [line for line in err if line.strip().startswith("part")] == ["  part A (~1 s)…", "  part B (~1 s)…"]
+    assert len([line for line in err if line.startswith("  done in")]) == 2 and len(err) == 5

@@ -115,7 +115,7 @@ def add_data_arguments(data: argparse.ArgumentParser) -> argparse.ArgumentParser
 
 
 def _speaker(args):
-    from omniphi.data.tts import DEFAULT_RATES, ENGINES, Speaker
+    from omniphi.data.tts import DEFAULT_RATES, ENGINES, Speaker, program_not_found
 
     command, engine_voices = ENGINES[args.tts]
     voices = [v.strip() for v in args.voices.split(",") if v.strip()] if args.voices else list(engine_voices)
@@ -126,7 +126,7 @@ def _speaker(args):
         raise UsageError(str(exc)) from None
     program = speaker.argv[0]
     if shutil.which(program) is None:
-        raise UsageError(f"TTS program not found: {program!r} (install it, pass another --tts or --tts-command, or use --no-speak)")
+        raise UsageError(program_not_found(program, "pass another --tts or --tts-command, or use --no-speak"))
     return speaker
 
 

@@ -71,6 +71,13 @@ DEFAULT_RATES = tuple(range(130, 201, 10))
 SAMPLING_RATE = 16_000
 
 
+def program_not_found(program: str, alternatives: str) -> str:
+    """The one-line error for a missing TTS program; for the known engines (Debian packages of the
+    same name) it says how to install them."""
+    how = f"`sudo apt-get install {program}` or `make system-deps`" if program in ENGINES else "install it"
+    return f"TTS program not found: {program!r} ({how}; or {alternatives})"
+
+
 class TTSError(UserError, RuntimeError):
     """The TTS command is missing, failed, or produced no usable audio."""
 
@@ -153,9 +160,7 @@ class Speaker:
             try:
                 proc = subprocess.run(argv, capture_output=True, timeout=self.timeout, stdin=subprocess.DEVNULL)
             except FileNotFoundError:
-                raise TTSError(
-                    f"TTS program not found: {argv[0]!r} (install espeak-ng or pass another --tts-command)"
-                ) from None
+                raise TTSError(program_not_found(argv[0], "pass another --tts-command")) from None
             except subprocess.TimeoutExpired:
                 raise TTSError(f"TTS command timed out after {self.timeout:g} s: {argv[0]}") from None
             err = " ".join(proc.stderr.decode("utf-8", "replace").split())[-300:]

@@ -41,7 +41,6 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     for alias, task in TASKS.items():
         if alias != task.name:
             aliases.setdefault(task.name, []).append(alias)
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter  # keep one task per line
     parser.epilog = "tasks:\n" + "\n".join(
         f"  {n}{' (' + ', '.join(aliases[n]) + ')' if n in aliases else ''}: {TASKS[n].description}\n"
         f"      --data: {TASKS[n].data_help}"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 import uuid
@@ -20,6 +21,17 @@ from pathlib import Path
 from typing import Any, Callable
 
 STAMP_FILE = "omniphi_cache.json"
+# Said once per process before the first conversion: the first start is slow, and says why.
+FIRST_START_NOTICE = "first start: converting the packaged weights (once, ~1 min)…"
+_first_start_noticed = False
+
+
+def _notice(line: str) -> None:
+    global _first_start_noticed
+    if not _first_start_noticed:
+        print(FIRST_START_NOTICE, file=sys.stderr, flush=True)
+        _first_start_noticed = True
+    print(line, file=sys.stderr, flush=True)
 
 
 def cache_dir() -> Path:
@@ -48,7 +60,9 @@ def _clean_stale_tmp(parent: Path, name: str) -> None:
             pass
 
 
-def cached_build(name: str, build: Callable[[Path], None], stamp: dict[str, Any] | None = None) -> Path:
+def cached_build(
+    name: str, build: Callable[[Path], None], stamp: dict[str, Any] | None = None, *, what: str | None = None
+) -> Path:
     """Return ``cache_dir()/name``, running ``build(tmp_dir)`` first if it is missing or stale.
 
     ``build`` must write the whole entry (e.g. ``model.save_pretrained(tmp_dir)``) into the
@@ -56,6 +70,9 @@ def cached_build(name: str, build: Callable[[Path], None], stamp: dict[str, Any]
     entry whose stamp differs is rebuilt, so upgrading the source package or the converter never
     serves weights converted from something else. If two processes build at once, the first
     rename wins and the other discards its copy.
+
+    A build is announced on stderr (``what``: e.g. "Whisper tiny.en from CTranslate2 (~10 s)"),
+    after the first-start notice, and its end with the time it took and where the result lies.
     """
     root = cache_dir()
     final = root / name
@@ -67,6 +84,8 @@ def cached_build(name: str, build: Callable[[Path], None], stamp: dict[str, Any]
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=root))
     # mkdtemp makes a private (0700) directory; give the entry a normal directory's mode.
     tmp.chmod(0o755)
+    started = time.perf_counter()
+    _notice(f"  {what or name}…")
     try:
         build(tmp)
         # The stamp is written last: it is what marks the directory as a finished build.
@@ -96,4 +115,5 @@ def cached_build(name: str, build: Callable[[Path], None], stamp: dict[str, Any]
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    print(f"  done in {time.perf_counter() - started:.0f} s (cached in {final})", file=sys.stderr, flush=True)
     return final

@@ -9,6 +9,8 @@ a second afterwards.
 from __future__ import annotations
 
 import importlib.util
+import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -39,11 +41,13 @@ def starter_gguf_path() -> Path:
     return path
 
 
-def convert_gguf_llm(gguf_path: str | Path, dtype: torch.dtype = torch.float32):
-    """Load a GGUF causal LM as a dense, saveable transformers model → (model, tokenizer)."""
+def convert_gguf_llm(gguf_path: str | Path, dtype: torch.dtype = torch.float32, say=lambda step: None):
+    """Load a GGUF causal LM as a dense, saveable transformers model → (model, tokenizer).
+    ``say(step)`` is told each step as it starts (the whole takes tens of seconds)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
     gguf_path = Path(gguf_path)
+    say("reading and dequantising the weights")
     # dequantize=True: always a dense model of nn.Linear, even where a GGUF matmul kernel would
     # let transformers keep the blocks packed; packed layers cannot be saved as safetensors.
     model = AutoModelForCausalLM.from_pretrained(
@@ -67,6 +71,7 @@ def convert_gguf_llm(gguf_path: str | Path, dtype: torch.dtype = torch.float32):
     # Mix1 Ep2"); it names no loadable path, so keep it out of the saved config.
     if hasattr(model.config, "_model_name_or_path"):
         del model.config._model_name_or_path
+    say("building the tokenizer from the GGUF vocabulary")
     tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
     # The GGUF carries no length limit for the tokenizer; use the model's context (8192).
     tokenizer.model_max_length = model.config.max_position_embeddings
@@ -81,14 +86,29 @@ def load_starter_llm(dtype: torch.dtype = torch.float32):
     st = src.stat()
     stamp = {"source": str(src), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "converter": CONVERTER_VERSION}
 
+    def say(step: str) -> None:
+        print(f"    {step}…", file=sys.stderr, flush=True)
+
     def build(out: Path):
+        from transformers.utils import logging as hf_logging
+
         # float32: the dequantised Q4_1 values (fp16 scale × int4 + fp16 min) are not exactly
         # representable in 16 bits, so anything smaller would add a second rounding.
-        model, tokenizer = convert_gguf_llm(src, dtype=torch.float32)
+        bars_were_off = not hf_logging.is_progress_bar_enabled()
+        with warnings.catch_warnings():  # huggingface_hub's "HF_HUB_DISABLE_PROGRESS_BARS has priority":
+            warnings.simplefilter("ignore", UserWarning)  # right, it is only transformers' bar we want
+            hf_logging.enable_progress_bar()  # the dequantisation's progress: the long part of a first start
+        try:
+            model, tokenizer = convert_gguf_llm(src, dtype=torch.float32, say=say)
+        finally:
+            if bars_were_off:
+                hf_logging.disable_progress_bar()
+        say("writing the safetensors copy")
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)
 
-    path = cached_build(STARTER_CACHE_NAME, build, stamp)
+    path = cached_build(STARTER_CACHE_NAME, build, stamp,
+                        what="the starter LLM, SmolLM2-135M-Instruct, from its GGUF file (~30 s)")
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval()
     tokenizer = AutoTokenizer.from_pretrained(path)
     return model, tokenizer

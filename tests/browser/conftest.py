@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import threading
@@ -30,6 +29,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+
+from tests.conftest import require_program
 
 ROOT = Path(__file__).resolve().parents[2]
 SCREENSHOTS = ROOT / "test-artifacts" / "screenshots"
@@ -239,7 +240,8 @@ def slow_server(tmp_path_factory, server) -> Server:
 
 def _launch(playwright, extra_args=()):
     if not Path(CHROMIUM).exists():
-        pytest.skip(f"no Chromium at {CHROMIUM}")
+        require_program("chromium")  # fails with the install line where Debian's chromium is missing
+        pytest.fail(f"no Chromium at OMNIPHI_CHROMIUM={CHROMIUM}", pytrace=False)
     return playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=[*CHROMIUM_ARGS, *extra_args])
 
 
@@ -264,9 +266,7 @@ def speech_wav(tmp_path_factory) -> Path:
     if SPEECH_WAV.exists():
         return SPEECH_WAV
     out = tmp_path_factory.mktemp("speech") / "capital.wav"
-    espeak = shutil.which("espeak-ng")
-    if not espeak:
-        pytest.skip("no tests/fixtures/speech/capital.wav and no espeak-ng to make one")
+    espeak = require_program("espeak-ng")
     subprocess.run([espeak, "-v", "en-us", "-w", str(out), "What is the capital of France?"], check=True)
     return out
 

@@ -1,6 +1,5 @@
 import hashlib
 import json
-import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from omniphi.data.shapes import (
     COLOURS, POSITIONS, SHAPES, answer_for, answer_matches, caption, generate_shapes, load_shapes, normalize_answer,
 )
 from omniphi.data.tts import Speaker
+from tests.conftest import require_program
 
 N, SEED, SIZE = 40, 7, 96
 
@@ -147,7 +147,7 @@ def test_loader_reads_questions_and_captions(shapes_dir):
     assert [p["type"] for p in caps[0]["messages"][0]["content"]] == ["image"]
 
 
-@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed")
+@pytest.mark.usefixtures("espeak_ng")
 def test_spoken_questions(tmp_path):
     speaker = Speaker(cache_dir=tmp_path / "tts", seed=3)
     root = tmp_path / "spoken_shapes"
@@ -246,7 +246,8 @@ def test_cli_shapes_and_errors(tmp_path, capsys):
     from omniphi.data.tts import FLITE_COMMAND, FLITE_VOICES
     from types import SimpleNamespace
     args = SimpleNamespace(tts="flite", voices=None, tts_command=None, rates=None, seed=0, tts_cache=str(tmp_path / "tts"))
-    speaker = _speaker(args)  # needs flite on PATH (`make system-deps`)
+    require_program("flite")
+    speaker = _speaker(args)
     assert speaker.command == FLITE_COMMAND and speaker.voices == list(FLITE_VOICES)
     args.voices = "slt"
     assert _speaker(args).voices == ["slt"]

@@ -1,6 +1,5 @@
 import json
 import shlex
-import shutil
 import sys
 
 import numpy as np
@@ -22,8 +21,9 @@ with wave.open(out, "wb") as w:
     w.writeframes(b"".join(struct.pack("<h", int(9000 * math.sin(2 * math.pi * 220 * i / 22050))) for i in range(n)))
 '''
 
-needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed")
-needs_flite = pytest.mark.skipif(shutil.which("flite") is None, reason="flite not installed")
+# The real engines: a missing one fails these tests with the install line (tests/conftest.py).
+needs_espeak = pytest.mark.usefixtures("espeak_ng")
+needs_flite = pytest.mark.usefixtures("flite")
 
 
 @pytest.fixture
@@ -183,3 +183,11 @@ def test_cli_spoken(fake, fixtures, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(base + [str(fixtures / "llava/instruct.json"), "--out", str(out), "--rates", "fast"])
     assert exc.value.code == 2
+
+
+
+def test_a_missing_engine_names_its_debian_package():
+    from omniphi.data.tts import program_not_found
+
+    assert "`sudo apt-get install flite` or `make system-deps`" in program_not_found("flite", "x")
+    assert "apt-get" not in program_not_found("my-tts", "x") and "install it" in program_not_found("my-tts", "x")

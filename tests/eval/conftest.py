@@ -1,8 +1,8 @@
 """Fixtures of the eval tests: the tiny assistant and a generated shapes dataset."""
 
-import shutil
-
 import pytest
+
+from tests.conftest import require_program
 
 
 @pytest.fixture(scope="session")
@@ -15,8 +15,7 @@ def tiny_assistant(tiny):
 @pytest.fixture(scope="session")
 def shapes_dir(tmp_path_factory):
     """A small dataset written by the shapes generator, spoken questions included."""
-    if shutil.which("espeak-ng") is None:
-        pytest.skip("espeak-ng is not installed")
+    require_program("espeak-ng")
     from omniphi.data.shapes import generate_shapes
     from omniphi.data.tts import Speaker
 

@@ -132,11 +132,8 @@ def test_shapes_text_and_native_with_breakdowns(tmp_path, capsys, shapes_dir):
     assert all(i["audio"].endswith(".wav") for i in items)
 
 
+@pytest.mark.usefixtures("espeak_ng")
 def test_spoken_vqa_synthesises_questions(tmp_path, capsys, monkeypatch):
-    import shutil
-
-    if shutil.which("espeak-ng") is None:
-        pytest.skip("espeak-ng is not installed")
     monkeypatch.setenv("OMNIPHI_CACHE", str(tmp_path / "cache"))  # the TTS cache
     results = run_cli(tmp_path, capsys, "--task", "spoken-vqa", "--data", str(EVAL / "vqav2"), "--ask-by", "text",
                       "--ask-by", "native", "--limit", "2", "--max-new-tokens", "3")
