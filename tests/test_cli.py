@@ -103,7 +103,7 @@ def test_chat_audio_line_alone_sends_the_clip_as_the_question(monkeypatch, capsy
     lines = iter([f"/audio {SPEECH / 'capital.wav'}", f"/image {image}", f"/audio {SPEECH / 'fox.wav'}",
                   "and now?", "/exit"])
     monkeypatch.setattr("builtins.input", lambda prompt="": next(lines))
-    monkeypatch.setattr(cli, "_load_assistant", lambda spec: Recorder())
+    monkeypatch.setattr(cli, "load_assistant", lambda args: Recorder())
     assert cli.main(["chat"]) == 0
     # each /audio line is a turn of its own (with the image attached before it); typed text stays text
     assert asked == [["audio"], ["image", "audio"], ["text"]]
