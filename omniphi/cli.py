@@ -37,16 +37,13 @@ class CliError(Exception):
     """A user-facing error: printed as one line, exit status 2."""
 
 
-def _settings(args):
-    from omniphi.chat import GenerationSettings
+def _settings(args, defaults):
+    """The user's flags over the model's own generation defaults (its generation_config.json)."""
+    from dataclasses import replace
 
-    return GenerationSettings(
-        max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        stop=args.stop or [],
-        seed=args.seed,
-    ).validate()
+    chosen = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "top_p": args.top_p}
+    return replace(defaults, **{k: v for k, v in chosen.items() if v is not None},
+                   stop=args.stop or [], seed=args.seed).validate()
 
 
 def _load_media(kind: str, path: str):
@@ -79,7 +76,7 @@ def _answer(assistant, messages, args) -> str:
 
     pieces = []
     done = None
-    for event in assistant.stream(messages, _settings(args), audio_mode=args.audio_mode):
+    for event in assistant.stream(messages, _settings(args, assistant.generation_defaults), audio_mode=args.audio_mode):
         if isinstance(event, Transcript):
             print(f"[transcript of audio {event.index + 1}] {event.text}", flush=True)
         elif isinstance(event, Token):
@@ -190,9 +187,9 @@ def _add_generation_arguments(parser):
     parser.add_argument("--model", default="starter", help="preset (starter, phi2, tiny) or model directory")
     parser.add_argument("--audio-mode", choices=["native", "transcribe"], default="native",
                         help="native: audio embeddings go to the LLM; transcribe: Whisper's transcript does")
-    parser.add_argument("--max-new-tokens", type=int, default=256)
-    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--max-new-tokens", type=int, help="default: the model's (its generation_config.json)")
+    parser.add_argument("--temperature", type=float, help="0 = greedy; default: the model's (the starter's is 0)")
+    parser.add_argument("--top-p", type=float, help="default: the model's")
     parser.add_argument("--stop", action="append", help="stop string (repeatable)")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--system", help="system prompt")

@@ -31,6 +31,7 @@ from transformers import (
 )
 
 from omniphi.config import OmniConfig
+from omniphi.model_card import ModelCard, read_model_card
 from omniphi.model import OmniForConditionalGeneration
 from omniphi.model.projectors import AudioProjector, VisionProjector
 from omniphi.processing import OmniProcessor
@@ -49,6 +50,7 @@ class LoadedModel:
     processor: OmniProcessor
     transcriber: object | None  # omniphi.asr.Transcriber, or None where the model has no Whisper decoder
     name: str
+    card: ModelCard | None = None  # what the model directory says it can do (omniphi/model_card.py)
 
 
 def load(spec: str = "starter", *, dtype: torch.dtype = torch.float32) -> LoadedModel:
@@ -252,7 +254,8 @@ def load_phi2(dtype: torch.dtype = torch.float32) -> LoadedModel:
 
 # -- directories ----------------------------------------------------------------------------------
 def save_directory(loaded: LoadedModel, directory: str | Path) -> None:
-    """A self-contained model directory: model (safetensors) + processor + Whisper for transcripts."""
+    """A self-contained model directory: model (safetensors, and its generation_config.json) +
+    processor + Whisper for transcripts. The model card is the caller's to copy (its media are files)."""
     directory = Path(directory)
     loaded.model.save_pretrained(directory)
     loaded.processor.save_pretrained(directory)
@@ -276,7 +279,7 @@ def load_directory(directory: str | Path, dtype: torch.dtype = torch.float32, na
 
         whisper = WhisperForConditionalGeneration.from_pretrained(directory / TRANSCRIBER_DIR, dtype=dtype)
         transcriber = _transcriber(whisper, WhisperProcessor.from_pretrained(directory / TRANSCRIBER_DIR))
-    return LoadedModel(model, processor, transcriber, name or f"omniphi-{directory.name}")
+    return LoadedModel(model, processor, transcriber, name or f"omniphi-{directory.name}", read_model_card(directory))
 
 
 def load_transcriber(spec: str = "starter"):

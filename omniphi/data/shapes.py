@@ -49,6 +49,11 @@ from omniphi.data.llava import AUDIO_TOKEN as AUDIO_PLACEHOLDER, LlavaDataset
 
 GENERATOR_VERSION = 2  # 2: "Is there an orange …" (was "a orange")
 
+# What a model trained on this world should say about any other picture: one honest sentence
+# (the starter's training data pairs it with photos and drawings; its model card says the same).
+OUT_OF_WORLD_ANSWER = ("I was trained only on pictures of coloured shapes, so I cannot tell you "
+                       "what this picture shows.")
+
 # Well separated in hue and brightness; all readable on a pale background.
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 38, 38),

@@ -32,6 +32,7 @@ from omniphi.chat import (
     Transcript,
     content_parts,
 )
+from omniphi.model_card import generation_defaults
 from omniphi.processing import SampleTooLongError
 
 
@@ -71,6 +72,9 @@ class Assistant:
         self.processor = loaded.processor
         self.transcriber = loaded.transcriber
         self.name = loaded.name
+        # How the model wants to be sampled unless the caller says otherwise (its generation_config.json)
+        self.generation_defaults = generation_defaults(self.model.generation_config)
+        self.card = loaded.card
         text_config = self.model.config.text_config
         self.context_tokens = context_tokens or getattr(text_config, "max_position_embeddings", 2048)
         self._transcripts: OrderedDict[str, str] = OrderedDict()  # audio hash → transcript

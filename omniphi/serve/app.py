@@ -10,7 +10,7 @@ import hmac
 import json
 import time
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from omniphi.chat import AudioMode
+from omniphi.chat import AudioMode, GenerationSettings
 from omniphi.media import MediaLimits
 from omniphi.serve import conversations_api, openai_api
 from omniphi.serve.engine import Engine
@@ -44,9 +44,16 @@ class ServeConfig:
     request_timeout_s: float = 300.0
     # Defaults for the page (GET /api/settings/defaults) and for requests that leave them out.
     system_prompt: str = "You are a helpful assistant. Answer clearly and concisely."
-    temperature: float = 0.7
-    max_tokens: int = 512
+    # None: the model's own (its generation_config.json; greedy where it says nothing)
+    temperature: float | None = None
+    top_p: float | None = None
+    max_tokens: int | None = None
     audio_mode: AudioMode = "native"
+
+    def generation(self, model_defaults: GenerationSettings) -> GenerationSettings:
+        """What a request that sets nothing gets: this config's values over the model's."""
+        chosen = {"temperature": self.temperature, "top_p": self.top_p, "max_new_tokens": self.max_tokens}
+        return replace(model_defaults, **{k: v for k, v in chosen.items() if v is not None}).validate()
 
 
 @dataclass
@@ -55,6 +62,7 @@ class ServeState:
     engine: Engine
     store: Store
     owns_engine: bool
+    generation: GenerationSettings  # the defaults of every request (ServeConfig.generation)
     started_at: float = field(default_factory=time.time)
 
 
@@ -65,7 +73,7 @@ def create_app(engine_or_assistant: Any, config: ServeConfig | None = None) -> F
     else:
         engine, owns = Engine(engine_or_assistant, config.max_queue, config.request_timeout_s), True
     store = Store(config.data_dir)
-    serve_state = ServeState(config, engine, store, owns)
+    serve_state = ServeState(config, engine, store, owns, config.generation(engine.assistant.generation_defaults))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

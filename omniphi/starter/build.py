@@ -17,7 +17,8 @@
 5. align     recipes/starter-align.yaml → runs/starter/align
 6. instruct  recipes/starter-instruct.yaml → runs/starter/instruct
 7. package   the chain of stages flattened onto the "starter-base" preset → runs/starter/weights,
-             and with --install copied to omniphi/starter_weights (what the "starter" preset loads)
+             with its greedy generation defaults and model card (omniphi/starter/card.py), and with
+             --install copied to omniphi/starter_weights (what the "starter" preset loads)
 
 Each finished step is kept and skipped on a re-run (delete runs/starter, or --fresh, to redo all),
 so an interrupted build continues where it stopped. Step times go to runs/starter/timings.json.
@@ -129,12 +130,14 @@ def step_package(install: bool) -> bool:
     weights = WORK / "weights"
     shutil.rmtree(weights, ignore_errors=True)
     flatten_trained(WORK / "instruct", weights)
+    if install:  # the card's sample picture and spoken question are the new fixture's
+        export_fixture()
+    write_card(weights)
     size = sum(p.stat().st_size for p in weights.rglob("*") if p.is_file())
     print(f"[package] {weights}: {size / 2**20:.1f} MiB", file=sys.stderr)
     if install:
         shutil.rmtree(STARTER_WEIGHTS_DIR, ignore_errors=True)
         shutil.copytree(weights, STARTER_WEIGHTS_DIR)
-        export_fixture()
         print(f"[package] installed in {STARTER_WEIGHTS_DIR}; test questions in {FIXTURE}", file=sys.stderr)
     return True
 
@@ -168,6 +171,16 @@ def export_fixture(root: Path = DATA, out: Path = FIXTURE, n_images: int = FIXTU
     fixture = {"questions": chosen, "circle": {"image": "circle.png", "audio": "what-colour-is-the-circle.wav",
                                                 "answer": circle["answer"]}}
     (out / "questions.json").write_text(json.dumps(fixture, indent=1) + "\n")
+
+
+def write_card(out: Path, fixture: Path = FIXTURE) -> None:
+    """The starter's generation defaults and model card (omniphi/starter/card.py) into `out`,
+    with the fixture's circle picture and its spoken question as the card's samples."""
+    from omniphi.starter.card import write_starter_card
+
+    circle = json.loads((fixture / "questions.json").read_text())["circle"]
+    write_starter_card(out, fixture / circle["image"], circle["answer"], fixture / circle["audio"],
+                       "What colour is the circle?")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from omniphi.model_card import copy_model_files
 from omniphi.train.outputs import MARKER, TrainedOutputError, is_training_output, load_trained, read_meta
 
 MERGED_FROM = "merged_from.json"
@@ -30,6 +31,7 @@ def merge_output(directory: str | Path, out: str | Path, dtype: torch.dtype = to
     tmp = out.with_name(out.name + ".tmp-merge")
     shutil.rmtree(tmp, ignore_errors=True)
     save_directory(loaded, tmp)
+    copy_model_files(directory, tmp)  # the output's generation defaults and card
     (tmp / MERGED_FROM).write_text(json.dumps({"source": str(directory.resolve()), **read_meta(directory)}, indent=2) + "\n")
     if out.exists():
         out.rmdir()

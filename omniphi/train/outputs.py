@@ -25,6 +25,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from omniphi.model_card import GENERATION_CONFIG_FILE, copy_model_files, read_model_card
+
 MARKER = "omniphi_trained.json"
 ADAPTER_DIR = "adapter"
 TRAINABLES_FILE = "non_lora_trainables.safetensors"
@@ -220,8 +222,13 @@ def _load_trained(directory: Path, dtype: torch.dtype, name: str | None, merge: 
 
         peft_model = PeftModel.from_pretrained(model.language_model, directory / ADAPTER_DIR, is_trainable=False)
         model.language_model = peft_model.merge_and_unload() if merge else peft_model
+    if (directory / GENERATION_CONFIG_FILE).is_file():  # the output's own defaults, not its base's
+        from transformers import GenerationConfig
+
+        model.generation_config = GenerationConfig.from_pretrained(directory)
     model.eval()
-    return presets.LoadedModel(model, loaded.processor, loaded.transcriber, name or f"omniphi-{directory.name}")
+    return presets.LoadedModel(model, loaded.processor, loaded.transcriber, name or f"omniphi-{directory.name}",
+                               read_model_card(directory))
 
 
 # -- re-basing a chain of stages --------------------------------------------------------------------------
@@ -285,4 +292,5 @@ def flatten_trained(directory: str | Path, out: str | Path) -> dict:
         "non_lora_trainables": names,
     }
     (out / MARKER).write_text(json.dumps(meta, indent=2, default=str) + "\n")
+    copy_model_files(directory, out)
     return meta
