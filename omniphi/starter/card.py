@@ -11,7 +11,6 @@ import json
 import shutil
 from pathlib import Path
 
-from omniphi.data.shapes import OUT_OF_WORLD_ANSWER
 from omniphi.model_card import MODEL_CARD_FILE, greedy_generation_config, read_model_card
 
 # Greedy: a 135M model sampled at 0.7 says "The capital of France is France." 3 times in 10.
@@ -36,8 +35,8 @@ def write_starter_card(out: str | Path, picture: str | Path, circle_colour: str,
         "summary": ("A small offline model (SmolLM2-135M-Instruct, a small vision tower and Whisper tiny.en). "
                     "It answers questions about pictures of coloured shapes (colours, shapes, positions, "
                     "counts), typed or spoken, and short general questions."),
-        "limits": (f"It was trained only on pictures of coloured shapes; about other pictures it answers: "
-                   f"\u201c{OUT_OF_WORLD_ANSWER}\u201d Its general knowledge is that of a very small model."),
+        "limits": ("It was trained only on pictures of coloured shapes: what it says about any other picture "
+                   "means nothing. Its general knowledge is that of a very small model."),
         "suggestions": [
             {"title": "Ask about a picture", "detail": f"Where is the {circle_colour} circle?",
              "prompt": f"Where is the {circle_colour} circle?", "image": picture_name},
