@@ -3,8 +3,9 @@
     python -m omniphi.starter.build [--install] [--fresh]
 
 1. data      `omniphi data shapes --out data/starter-shapes --n 4000 --seed 0 --val-frac 0.075
-             --test-frac 0.075 --tts flite`, questions spoken by flite in 4 voices × 8 speaking rates
-             (espeak-ng's voices cost Whisper tiny.en ~25 % WER, flite's ~5 %); then
+             --test-frac 0.075` (its default voices: flite's 4 and espeak-ng's 12, half the questions
+             each, × 8 speaking rates; Whisper tiny.en mishears espeak-ng ~25 % of words and flite
+             ~5 %, and the native path must not collapse where Whisper mishears); then
              each training image's three questions as one dialogue, each question typed or spoken
              (train_dialogues.json: the image and system prompt are paid for once per three answers)
 2. replay    the untrained SmolLM2's own answers to general questions and its own prose
@@ -34,7 +35,7 @@ import time
 from pathlib import Path
 
 from omniphi.data.shapes import GENERATOR_VERSION
-from omniphi.data.tts import FLITE_COMMAND, FLITE_VOICES, Speaker
+from omniphi.data.tts import DEFAULT_TTS, make_speaker
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = Path("data/starter-shapes")
@@ -52,7 +53,7 @@ def _data_ready(root: Path) -> bool:
     info = json.loads(meta.read_text())
     spoken = info.get("spoken") or {}
     return (info.get("n") == DATA_N and info.get("seed") == DATA_SEED and info.get("version") == GENERATOR_VERSION
-            and spoken.get("command") == FLITE_COMMAND and (root / "train_dialogues.json").is_file()
+            and spoken.get("command") == _speaker().command and (root / "train_dialogues.json").is_file()
             and (root / "val_dialogues.json").is_file())
 
 
@@ -64,13 +65,19 @@ def _system_prompts() -> tuple[str | None, ...]:
     return (None, ServeConfig().system_prompt, "You are a helpful assistant.")
 
 
+def _speaker():
+    """`omniphi data shapes`'s default voices (both engines, all their voices): what a user's
+    own spoken questions will most likely sound like, and what the eval speaks with."""
+    return make_speaker(DEFAULT_TTS, seed=DATA_SEED)
+
+
 def step_data() -> bool:
     from omniphi.data.shapes import generate_shapes, write_dialogues
 
     if _data_ready(DATA):
         return False
     generate_shapes(DATA, n=DATA_N, seed=DATA_SEED, val_frac=HELD_OUT_FRACTION, test_frac=HELD_OUT_FRACTION,
-                    speaker=Speaker(FLITE_COMMAND, FLITE_VOICES, seed=DATA_SEED), jobs=2)
+                    speaker=_speaker(), jobs=2)
     for split in ("train", "val"):
         write_dialogues(DATA, split, spoken_fraction=0.5, seed=DATA_SEED, system_prompts=_system_prompts())
     return True

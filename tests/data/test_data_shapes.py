@@ -250,3 +250,19 @@ def test_cli_shapes_and_errors(tmp_path, capsys):
     assert speaker.command == FLITE_COMMAND and speaker.voices == list(FLITE_VOICES)
     args.voices = "slt"
     assert _speaker(args).voices == ["slt"]
+    assert main(["data", "shapes", "--out", str(tmp_path / "y"), "--n", "2", "--voices", "slt"]) == 2
+    assert "needs one engine" in capsys.readouterr().err
+
+
+def test_data_shapes_speaks_by_default_with_the_voices_the_starter_trains_on(tmp_path):
+    """`omniphi data shapes` without --tts: both engines, all their voices (the starter build's
+    speaker), so a user's fresh split sounds like the starter's training data."""
+    from omniphi.cli import build_parser
+    from omniphi.data.cli import _speaker
+    from omniphi.starter.build import _speaker as starter_speaker
+
+    args = build_parser("data").parse_args(["data", "shapes", "--out", str(tmp_path / "d"), "--n", "2",
+                                            "--tts-cache", str(tmp_path / "tts")])
+    speaker = _speaker(args)
+    assert speaker.command == starter_speaker().command
+    assert {v.split(":")[0] for v in speaker.voices} == {"flite", "espeak-ng"}
