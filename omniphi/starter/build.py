@@ -13,8 +13,9 @@
              what SmolLM2 knew
 3. vision    the vision tower learns to write each picture as a caption in SmolLM2's word space
              (omniphi/starter/vision.py) → runs/starter/vision
-4. audio     the audio projector learns to write each spoken question as its words in SmolLM2's
-             word space (omniphi/starter/audio.py) → runs/starter/audio
+4. audio     recipes/starter-audio.yaml (the audio_words stage, omniphi/train/audio_words.py): the
+             audio projector learns to write each spoken question as its words in SmolLM2's word
+             space → runs/starter/audio
 5. align     recipes/starter-align.yaml → runs/starter/align
 6. instruct  recipes/starter-instruct.yaml → runs/starter/instruct
 7. package   the chain of stages flattened onto the "starter-base" preset → runs/starter/weights,
@@ -103,16 +104,6 @@ def step_vision() -> bool:
     if is_training_output(WORK / "vision"):
         return False
     pretrain_vision(DATA, WORK / "vision", base="starter-base")
-    return True
-
-
-def step_audio() -> bool:
-    from omniphi.starter.audio import pretrain_audio
-    from omniphi.train.outputs import is_training_output
-
-    if is_training_output(WORK / "audio"):
-        return False
-    pretrain_audio(DATA, WORK / "audio", base=str(WORK / "vision"))
     return True
 
 
@@ -206,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         ("data", step_data),
         ("replay", step_replay),
         ("vision", step_vision),
-        ("audio", step_audio),
+        ("audio", lambda: step_recipe("starter-audio")),
         ("align", lambda: step_recipe("starter-align")),
         ("instruct", lambda: step_recipe("starter-instruct")),
         ("package", lambda: step_package(args.install)),
