@@ -314,7 +314,12 @@ OWN_FILES = (
     "train_spoken.json", "val_spoken.json", "test_spoken.json", "metadata.json",
     "train_asr.jsonl", "val_asr.jsonl", "test_asr.jsonl",
     "train_dialogues.json", "val_dialogues.json", "test_dialogues.json",
+    # augmented copies of the spoken questions (omniphi/data/augment.py) and pictures outside the
+    # shapes world (omniphi/data/outside.py), written into the dataset by the starter build
+    "train_spoken_clean.json", "val_spoken_clean.json", "test_spoken_clean.json",
+    "outside_train.json", "outside_test.jsonl",
 )
+OWN_FOLDERS = ("images", "spoken", "spoken-hard", "outside")
 
 
 def _write_asr_manifest(path: Path, spoken: Sequence[dict[str, Any]]) -> None:
@@ -334,7 +339,7 @@ def _prepare_out(out: Path) -> None:
         if not (out / "metadata.json").exists():
             raise FileExistsError(f"{out} is not empty and is not a shapes dataset; choose another --out")
         # A previous run: remove what we own so a smaller --n leaves no stale images behind.
-        for name in ("images", "spoken"):
+        for name in OWN_FOLDERS:
             shutil.rmtree(out / name, ignore_errors=True)
         for name in OWN_FILES:
             (out / name).unlink(missing_ok=True)

@@ -266,3 +266,22 @@ def test_data_shapes_speaks_by_default_with_the_voices_the_starter_trains_on(tmp
     speaker = _speaker(args)
     assert speaker.command == starter_speaker().command
     assert {v.split(":")[0] for v in speaker.voices} == {"flite", "espeak-ng"}
+
+
+def test_dialogues_put_the_picture_before_after_or_between_the_first_question(tmp_path):
+    """mixed_order: every order occurs, and the loader puts the image part where the placeholder is."""
+    from omniphi.data.llava import LlavaDataset
+    from omniphi.data.shapes import generate_shapes, write_dialogues
+
+    generate_shapes(tmp_path, n=60, seed=1, image_size=32)
+    path = write_dialogues(tmp_path, "train", spoken_fraction=0.0, seed=1, mixed_order=True)
+    records = json.loads(path.read_text())
+    firsts = [r["conversations"][0]["value"] for r in records]
+    assert any(f.startswith("<image>\n") for f in firsts) and any(f.endswith("\n<image>") for f in firsts)
+    between = [f for f in firsts if not f.startswith("<image>") and not f.endswith("<image>")]
+    assert between and all(f.count("<image>") == 1 for f in firsts)
+    dataset = LlavaDataset(path, image_folder=tmp_path)
+    kinds = {tuple(p["type"] for p in dataset[i]["messages"][0]["content"]) for i in range(len(dataset))}
+    assert {("image", "text"), ("text", "image"), ("text", "image", "text")} <= kinds
+    plain = json.loads(write_dialogues(tmp_path, "train", spoken_fraction=0.0, seed=1).read_text())
+    assert all(r["conversations"][0]["value"].startswith("<image>\n") for r in plain)  # the default keeps its layout
