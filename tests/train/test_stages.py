@@ -190,3 +190,18 @@ def test_audio_words_without_the_frame_cache_trains_the_same(tmp_path):
         losses[cache] = train_losses(out)
     assert len(losses[True]) == 4
     assert losses[True] == pytest.approx(losses[False], rel=1e-4)
+
+
+def test_omniphi_train_runs_the_audio_words_stage(tmp_path, capsys):
+    import yaml
+
+    from omniphi.cli import main
+
+    out = tmp_path / "run"
+    recipe = make_recipe("audio_words", out, [{"format": "asr_manifest", "path": str(spoken_manifest(tmp_path))}],
+                         audio_words={"negatives": 16}, training={"max_steps": 2, "batch_size": 2})
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    assert main(["train", str(path)]) == 0
+    assert f"trained 2 steps; model in {out}" in capsys.readouterr().out
+    assert (out / "omniphi_trained.json").is_file()
