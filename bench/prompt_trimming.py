@@ -11,7 +11,7 @@ seconds of each, their ratio, and checks that both keep the same number of token
 import argparse
 import time
 
-from omniphi import presets
+from omniphi.runtime.loading import load_weights
 from omniphi.trimming import fit_prompt
 
 
@@ -36,7 +36,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--messages", type=int, nargs="+", default=[500, 1000, 2000])
     args = parser.parse_args()
-    loaded = presets.load("starter")
+    loaded = load_weights("starter")
     processor = loaded.processor
     budget = loaded.model.config.text_config.max_position_embeddings
     print(f"context {budget} tokens")

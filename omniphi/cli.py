@@ -14,16 +14,13 @@ from pathlib import Path
 from omniphi.cli_support import CliError, OneLineParser, add_model_arguments, load_assistant, run_reporting_errors
 
 
-def _settings(args):
-    from omniphi.chat import GenerationSettings
+def _settings(args, defaults):
+    """The user's flags over the model's own generation defaults (its generation_config.json)."""
+    from dataclasses import replace
 
-    return GenerationSettings(
-        max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        stop=args.stop or [],
-        seed=args.seed,
-    ).validate()
+    chosen = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "top_p": args.top_p}
+    return replace(defaults, **{k: v for k, v in chosen.items() if v is not None},
+                   stop=args.stop or [], seed=args.seed).validate()
 
 
 def _load_media(kind: str, path: str):
@@ -43,7 +40,7 @@ def _answer(assistant, messages, args) -> str:
 
     pieces = []
     done = None
-    for event in assistant.stream(messages, _settings(args), audio_mode=args.audio_mode):
+    for event in assistant.stream(messages, _settings(args, assistant.generation_defaults), audio_mode=args.audio_mode):
         if isinstance(event, Transcript):
             print(f"[transcript of audio {event.index + 1}] {event.text}", flush=True)
         elif isinstance(event, Token):
@@ -173,9 +170,9 @@ def _add_generation_arguments(parser):
     add_model_arguments(parser)
     parser.add_argument("--audio-mode", choices=["native", "transcribe"], default="native",
                         help="native: audio embeddings go to the LLM; transcribe: Whisper's transcript does")
-    parser.add_argument("--max-new-tokens", type=int, default=256, help="longest answer, in tokens")
-    parser.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 = greedy")
-    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling: keep the likeliest tokens up to this mass")
+    parser.add_argument("--max-new-tokens", type=int, help="longest answer, in tokens; default: the model's (its generation_config.json)")
+    parser.add_argument("--temperature", type=float, help="sampling temperature, 0 = greedy; default: the model's (the starter's is 0)")
+    parser.add_argument("--top-p", type=float, help="nucleus sampling: keep the likeliest tokens up to this mass; default: the model's")
     parser.add_argument("--stop", action="append", help="stop string (repeatable)")
     parser.add_argument("--seed", type=int, help="random seed for sampling (none: a different answer each run)")
     parser.add_argument("--system", help="system prompt")

@@ -34,6 +34,7 @@ from transformers import (
 
 from omniphi.config import OmniConfig
 from omniphi.errors import UserError
+from omniphi.model_card import ModelCard
 from omniphi.model import OmniForConditionalGeneration
 from omniphi.model.projectors import AudioProjector, VisionProjector
 from omniphi.processing import OmniProcessor
@@ -52,6 +53,7 @@ class LoadedModel:
     processor: OmniProcessor
     transcriber: object | None  # omniphi.asr.Transcriber, or None where the model has no Whisper decoder
     name: str
+    card: ModelCard | None = None  # what the model directory says it can do (omniphi/model_card.py)
 
 
 def build(name: str, dtype: torch.dtype = torch.float32) -> LoadedModel:

@@ -2,14 +2,21 @@
 # The README's starter-model numbers (`make starter-eval`): every figure comes from `omniphi eval`.
 #   - shapes: the held-out test split of data/starter-shapes (written by `make starter`), asked by
 #     text, by speech into the LLM (native) and by Whisper's transcript (transcribe), side by side;
-#     the table also has the WER of Whisper's transcripts of the spoken questions (question_wer)
+#     half the questions put the picture after the text (the "image_order" groups); the table also
+#     has the WER of Whisper's transcripts of the spoken questions (question_wer)
+#   - espeak-ng voices: a fresh split (seed 7, never trained or tuned on) spoken by espeak-ng only,
+#     the voices Whisper mishears most: the native path must hold up where the transcript does
+#   - pictures outside the shapes world: held-out photos and drawings (outside_test.jsonl); the
+#     accuracy is the share answered with the honest sentence
 #   - forgetting: perplexity of docs/eval/general-text.txt, trained starter vs untrained starter-base,
-#     and general questions (tests/fixtures/eval/qa)
+#     general questions typed and spoken (docs/eval/general-qa.jsonl, tests/fixtures/eval/qa) and
+#     follow-ups that need the previous turn (docs/eval/follow-ups.jsonl), both models
 # Results (JSON with every answer) go to runs/starter/eval/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OMNIPHI=.venv/bin/omniphi
 DATA=data/starter-shapes
+ESPEAK=data/starter-shapes-espeak
 OUT=runs/starter/eval
 if [ ! -f "$DATA/metadata.json" ]; then
   echo "no $DATA: run \`make starter\` first (it writes the data)" >&2
@@ -19,6 +26,16 @@ mkdir -p "$OUT"
 set -x
 $OMNIPHI eval --model starter --task shapes --data "$DATA" --split test --ask-by text,native,transcribe \
   --batch-size 16 --no-progress --out "$OUT/shapes-test.json"
+[ -f "$ESPEAK/metadata.json" ] || $OMNIPHI data shapes --out "$ESPEAK" --n 200 --seed 7 --val-frac 0 --test-frac 0.75 --tts espeak-ng
+$OMNIPHI eval --model starter --task shapes --data "$ESPEAK" --split test --ask-by text,native,transcribe \
+  --batch-size 16 --no-progress --out "$OUT/shapes-espeak.json"
+$OMNIPHI eval --model starter --task qa --data "$DATA/outside_test.jsonl" --batch-size 16 --max-new-tokens 32 \
+  --no-progress --out "$OUT/outside.json"
 $OMNIPHI eval --model starter --task perplexity --data docs/eval/general-text.txt --no-progress --out "$OUT/ppl-starter.json"
 $OMNIPHI eval --model starter-base --task perplexity --data docs/eval/general-text.txt --no-progress --out "$OUT/ppl-base.json"
 $OMNIPHI eval --model starter --task qa --data tests/fixtures/eval/qa/questions.jsonl --no-progress --out "$OUT/qa.json"
+for MODEL in starter starter-base; do
+  $OMNIPHI eval --model $MODEL --task qa --data docs/eval/general-qa.jsonl --ask-by text,native,transcribe \
+    --no-progress --out "$OUT/general-$MODEL.json"
+  $OMNIPHI eval --model $MODEL --task qa --data docs/eval/follow-ups.jsonl --no-progress --out "$OUT/follow-ups-$MODEL.json"
+done

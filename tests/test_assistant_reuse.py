@@ -171,9 +171,9 @@ def test_token_logprobs_match_the_decoder(tiny):
 
 @pytest.mark.slow
 def test_starter_follow_up_with_image_and_audio_equals_a_cold_run(starter_assistant):
-    from omniphi import presets
+    from omniphi.runtime.loading import load_weights
 
-    warm = Assistant(presets.load("starter"))
+    warm = Assistant(load_weights("starter"))
     first = [user(picture(8), "What colour is the shape?")]
     answer = warm.complete(first, GREEDY)
     follow_up = first + [{"role": "assistant", "content": answer.text}, user(tone(1.0), "What did you hear?")]

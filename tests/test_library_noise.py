@@ -36,7 +36,7 @@ def test_loading_peft_and_a_lora_prints_no_library_warning():
         "import logging, omniphi; logging.basicConfig(level=logging.WARNING)\n"
         "import peft, torch\n"
         "from omniphi import presets\n"
-        "model = presets.load('tiny').model.language_model\n"
+        "model = presets.build('tiny').model.language_model\n"
         "peft.get_peft_model(model, peft.LoraConfig(r=2, target_modules=['q_proj']))\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)

@@ -88,7 +88,7 @@ def test_phi2_without_hub_fails_from_the_cache_after_one_probe(monkeypatch, tmp_
     monkeypatch.setattr(hub, "PROBE_TIMEOUT_S", 0.3)
     monkeypatch.setattr(hub.hub_reachable, "__defaults__", (None, 0.3))
     with pytest.raises(presets.MissingWeightsError) as caught:
-        presets.load("phi2")
+        presets.build("phi2")
     message = str(caught.value)
     assert f"the hub ({url}) cannot be reached" in message and "\n" not in message
     for repo in presets.PHI2_PARTS.values():

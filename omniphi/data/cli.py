@@ -50,10 +50,11 @@ def _rates(text: str) -> list[int]:
 
 
 def _add_tts_options(p: argparse.ArgumentParser) -> None:
-    from omniphi.data.tts import ENGINES
+    from omniphi.data.tts import ALL_ENGINES, DEFAULT_TTS, ENGINES
 
-    p.add_argument("--tts", choices=sorted(ENGINES), default="espeak-ng",
-                   help="TTS engine; sets the command and voices unless --tts-command/--voices are given")
+    p.add_argument("--tts", choices=[ALL_ENGINES, *sorted(ENGINES)], default=DEFAULT_TTS,
+                   help=f"TTS engine; sets the command and voices unless --tts-command/--voices are given "
+                        f"(default {DEFAULT_TTS}: every engine, half the questions each, as the starter trains on)")
     # Comma-separated rather than nargs="+", which would swallow a following positional path.
     p.add_argument("--voices", default=None, metavar="V1,V2,...",
                    help="voices to draw from (default: all of the engine's English voices)")
@@ -115,18 +116,17 @@ def add_data_arguments(data: argparse.ArgumentParser) -> argparse.ArgumentParser
 
 
 def _speaker(args):
-    from omniphi.data.tts import DEFAULT_RATES, ENGINES, Speaker, program_not_found
+    from omniphi.data.tts import make_speaker, program_not_found, speaker_programs
 
-    command, engine_voices = ENGINES[args.tts]
-    voices = [v.strip() for v in args.voices.split(",") if v.strip()] if args.voices else list(engine_voices)
+    voices = [v.strip() for v in args.voices.split(",") if v.strip()] if args.voices else None
     try:
-        speaker = Speaker(command=args.tts_command or command, voices=voices, rates=args.rates or DEFAULT_RATES,
-                          seed=args.seed, cache_dir=args.tts_cache)
+        speaker = make_speaker(args.tts, voices, args.rates, seed=args.seed, cache_dir=args.tts_cache,
+                               command=args.tts_command)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    program = speaker.argv[0]
-    if shutil.which(program) is None:
-        raise UsageError(program_not_found(program, "pass another --tts or --tts-command, or use --no-speak"))
+    for program in speaker_programs(speaker):
+        if shutil.which(program) is None:
+            raise UsageError(program_not_found(program, "pass another --tts or --tts-command, or use --no-speak"))
     return speaker
 
 

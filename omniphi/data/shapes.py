@@ -45,9 +45,14 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from omniphi.data.llava import AUDIO_TOKEN as AUDIO_PLACEHOLDER, LlavaDataset
+from omniphi.data.llava import AUDIO_TOKEN as AUDIO_PLACEHOLDER, IMAGE_TOKEN as IMAGE_PLACEHOLDER, LlavaDataset
 
 GENERATOR_VERSION = 2  # 2: "Is there an orange …" (was "a orange")
+
+# What a model trained on this world should say about any other picture: one honest sentence
+# (the starter's training data pairs it with photos and drawings; its model card says the same).
+OUT_OF_WORLD_ANSWER = ("I was trained only on pictures of coloured shapes, so I cannot tell you "
+                       "what this picture shows.")
 
 # Well separated in hue and brightness; all readable on a pale background.
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -309,7 +314,12 @@ OWN_FILES = (
     "train_spoken.json", "val_spoken.json", "test_spoken.json", "metadata.json",
     "train_asr.jsonl", "val_asr.jsonl", "test_asr.jsonl",
     "train_dialogues.json", "val_dialogues.json", "test_dialogues.json",
+    # augmented copies of the spoken questions (omniphi/data/augment.py) and pictures outside the
+    # shapes world (omniphi/data/outside.py), written into the dataset by the starter build
+    "train_spoken_clean.json", "val_spoken_clean.json", "test_spoken_clean.json",
+    "outside_train.json", "outside_test.jsonl",
 )
+OWN_FOLDERS = ("images", "spoken", "spoken-hard", "outside")
 
 
 def _write_asr_manifest(path: Path, spoken: Sequence[dict[str, Any]]) -> None:
@@ -329,7 +339,7 @@ def _prepare_out(out: Path) -> None:
         if not (out / "metadata.json").exists():
             raise FileExistsError(f"{out} is not empty and is not a shapes dataset; choose another --out")
         # A previous run: remove what we own so a smaller --n leaves no stale images behind.
-        for name in ("images", "spoken"):
+        for name in OWN_FOLDERS:
             shutil.rmtree(out / name, ignore_errors=True)
         for name in OWN_FILES:
             (out / name).unlink(missing_ok=True)
@@ -445,14 +455,35 @@ def generate_shapes(
     return metadata
 
 
+# Where the picture goes relative to the first question (OpenAI's documentation puts the text first;
+# LLaVA's data mostly puts the image first): a model trained on one order answered 55 % of the
+# questions with the other (87 % with its own).
+IMAGE_ORDERS = ("before", "after", "between")
+_LEAD_INS = ("Look at this picture.", "Here is an image.", "A question about this picture:")
+
+
+def _place_image(question: str, rng: random.Random | None, spoken: bool) -> str:
+    """The first turn's text with the <image> placeholder before, after or between its text parts
+    (rng None: before, the layout of the single-question records)."""
+    order = rng.choices(IMAGE_ORDERS, weights=(0.4, 0.4, 0.2))[0] if rng is not None else "before"
+    if order == "before":
+        return f"{IMAGE_PLACEHOLDER}\n{question}"
+    if order == "after":
+        return f"{question}\n{IMAGE_PLACEHOLDER}"
+    lead = rng.choice(_LEAD_INS)
+    return f"{lead}\n{IMAGE_PLACEHOLDER}\n{question}"
+
+
 def write_dialogues(root: str | os.PathLike, split: str = "train", spoken_fraction: float = 0.5, seed: int = 0,
-                    system_prompts: Sequence[str | None] = (None,)) -> Path:
+                    system_prompts: Sequence[str | None] = (None,), mixed_order: bool = False) -> Path:
     """Each image's questions as one multi-turn LLaVA record, each question typed or (with
     probability ``spoken_fraction``, seeded per question) spoken: ``{split}_dialogues.json``.
     Why: the image tokens and the system prompt are then paid for once per image instead of once
     per question, and a dialogue mixes both ways of asking, as a user of the chat would.
     Each dialogue gets one of ``system_prompts`` (None: none, so the chat template's default),
-    so that a model trained on them also answers under the system prompt a server sets."""
+    so that a model trained on them also answers under the system prompt a server sets.
+    ``mixed_order``: the picture goes before, after or between the first question's text parts
+    (IMAGE_ORDERS, seeded per question), so that no order is the only one the model knows."""
     root = Path(root)
     typed = json.loads((root / f"{split}.json").read_text(encoding="utf-8"))
     spoken_path = root / f"{split}_spoken.json"
@@ -466,12 +497,14 @@ def write_dialogues(root: str | os.PathLike, split: str = "train", spoken_fracti
     for image, records in by_image.items():
         turns, audio = [], []
         for k, record in enumerate(records):
-            prefix = "<image>\n" if k == 0 else ""
+            order = random.Random(f"shapes-order:{seed}:{record['id']}") if mixed_order else None
             if random.Random(f"shapes-dialogue:{seed}:{record['id']}").random() < spoken_fraction:
-                turns.append({"from": "human", "value": prefix + AUDIO_PLACEHOLDER})
+                value = _place_image(AUDIO_PLACEHOLDER, order, spoken=True) if k == 0 else AUDIO_PLACEHOLDER
+                turns.append({"from": "human", "value": value})
                 audio.append(spoken[record["id"]]["audio"])
             else:
-                turns.append({"from": "human", "value": prefix + record["question"]})
+                value = _place_image(record["question"], order, spoken=False) if k == 0 else record["question"]
+                turns.append({"from": "human", "value": value})
             turns.append({"from": "gpt", "value": _answer_text(record["answer"])})
         system = random.Random(f"shapes-system:{seed}:{image}").choice(list(system_prompts))
         if system is not None:

@@ -2,7 +2,9 @@
 
 Two engines are known by name (both offline, in Debian): espeak-ng (many accents, robotic) and
 flite (four clearer CMU voices; Whisper tiny.en transcribes them with a few % WER where it
-mishears espeak-ng's voices a fifth of the time, measured on the shapes questions). Any program
+mishears espeak-ng's voices a fifth of the time, measured on the shapes questions). The default,
+``all`` (a VoiceMix), speaks each utterance with one of the two, half the time each: a model
+trained on it hears both kinds of voice. Any program
 works whose command line can be written as a template with ``{text}`` and ``{out}`` (and
 optionally ``{voice}``, ``{rate}`` in words per minute, ``{stretch}`` = 175 / rate for programs
 that take a duration factor) placeholders, e.g. ``piper --model en_US-lessac-medium.onnx --output_file {out} -- {text}``
@@ -65,6 +67,10 @@ ENGINES: dict[str, tuple[str, tuple[str, ...]]] = {
     "espeak-ng": (DEFAULT_COMMAND, ENGLISH_VOICES),
     "flite": (FLITE_COMMAND, FLITE_VOICES),
 }
+# Every engine at once, half the utterances each (a VoiceMix): what the starter trains on, so
+# that its spoken path meets clear and robotic voices, and what `omniphi data` speaks with by default.
+ALL_ENGINES = "all"
+DEFAULT_TTS = ALL_ENGINES
 # Words per minute; espeak-ng's default is 175.
 DEFAULT_RATES = tuple(range(130, 201, 10))
 
@@ -190,6 +196,77 @@ class Speaker:
     def _pick(self, text, voice, rate, key) -> tuple[str, int]:
         chosen_voice, chosen_rate = self.choose(key if key is not None else _clean(text))
         return voice or chosen_voice, int(rate or chosen_rate)
+
+
+class VoiceMix:
+    """Several engines as one speaker: each utterance picks an engine (uniformly, so an engine with
+    many voices does not crowd out one with few), then one of its voices and a rate. Voices are
+    named "engine:voice" ("flite:slt", "espeak-ng:en-gb"); files are cached by each engine's Speaker."""
+
+    def __init__(self, engines: Sequence[str] = tuple(ENGINES), rates: Sequence[int] = DEFAULT_RATES, seed: int = 0,
+                 cache_dir: str | os.PathLike | None = None, timeout: float = 60.0):
+        unknown = [e for e in engines if e not in ENGINES]
+        if unknown or not engines:
+            raise ValueError(f"unknown TTS engines {unknown}: expected some of {', '.join(ENGINES)}")
+        self.speakers = {e: Speaker(ENGINES[e][0], ENGINES[e][1], rates, seed, cache_dir, timeout) for e in engines}
+        self.engines = list(engines)
+        self.voices = [f"{e}:{v}" for e in self.engines for v in self.speakers[e].voices]
+        self.rates = [int(r) for r in rates]
+        self.seed = seed
+        self.command = " | ".join(s.command for s in self.speakers.values())  # what metadata records
+        self.programs = [s.argv[0] for s in self.speakers.values()]
+
+    def choose(self, key: str) -> tuple[str, int]:
+        rng = random.Random(f"{self.seed}\x00mix\x00{key}")
+        engine = rng.choice(self.engines)
+        return f"{engine}:{rng.choice(self.speakers[engine].voices)}", rng.choice(self.rates)
+
+    def _split(self, voice: str) -> tuple[Speaker, str]:
+        engine, _, name = voice.partition(":")
+        if engine not in self.speakers or not name:
+            raise ValueError(f"voice {voice!r} is not 'engine:voice' with an engine of this mix ({', '.join(self.engines)})")
+        return self.speakers[engine], name
+
+    def cache_key(self, text: str, voice: str, rate: int) -> str:
+        speaker, name = self._split(voice)
+        return speaker.cache_key(text, name, rate)
+
+    def speak(self, text: str, voice: str | None = None, rate: int | None = None, key: str | None = None) -> np.ndarray:
+        voice, rate = self._pick(text, voice, rate, key)
+        speaker, name = self._split(voice)
+        return speaker.speak(text, name, rate)
+
+    def speak_to_file(self, text: str, dest: str | os.PathLike, voice: str | None = None,
+                      rate: int | None = None, key: str | None = None) -> tuple[str, int]:
+        voice, rate = self._pick(text, voice, rate, key)
+        speaker, name = self._split(voice)
+        speaker.speak_to_file(text, dest, name, rate)
+        return voice, rate
+
+    def _pick(self, text, voice, rate, key) -> tuple[str, int]:
+        chosen_voice, chosen_rate = self.choose(key if key is not None else _clean(text))
+        return voice or chosen_voice, int(rate or chosen_rate)
+
+
+def make_speaker(tts: str = DEFAULT_TTS, voices: Sequence[str] | None = None, rates: Sequence[int] | None = None,
+                 seed: int = 0, cache_dir: str | os.PathLike | None = None,
+                 command: str | None = None) -> "Speaker | VoiceMix":
+    """The speaker `omniphi data` and the starter build use: an engine by name (its voices unless
+    `voices` says otherwise), ALL_ENGINES for the mix, or any `command` template."""
+    rates = rates or DEFAULT_RATES
+    if command is None and tts == ALL_ENGINES:
+        if voices:
+            raise ValueError(f"--voices needs one engine, not --tts {ALL_ENGINES}")
+        return VoiceMix(tuple(ENGINES), rates, seed, cache_dir)
+    if command is None and tts not in ENGINES:
+        raise ValueError(f"unknown TTS engine {tts!r}: expected {ALL_ENGINES} or one of {', '.join(ENGINES)}")
+    engine_command, engine_voices = ENGINES.get(tts, (DEFAULT_COMMAND, ENGLISH_VOICES))
+    return Speaker(command or engine_command, list(voices or engine_voices), rates, seed, cache_dir)
+
+
+def speaker_programs(speaker) -> list[str]:
+    """The programs a speaker runs (to check they are installed before an hour of work)."""
+    return list(speaker.programs) if isinstance(speaker, VoiceMix) else [speaker.argv[0]]
 
 
 def _fill(template: str, text: str, out: str, voice: str, rate: int) -> str:

@@ -146,18 +146,18 @@ def conditions_for(task: Task, assistant, ask_by: Sequence[str] | None, audio_mo
 
 
 def _question_content(item: Item, image, condition: str, audio, transcript: str | None) -> list[dict]:
-    parts: list[dict] = [{"type": "image", "image": image}] if image is not None else []
+    media: list[dict] = [{"type": "image", "image": image}] if image is not None else []
     if condition == "text":
-        return parts + [{"type": "text", "text": item.prompt}]
-    if item.before:
-        parts.append({"type": "text", "text": item.before})
-    if condition == "native":
-        parts.append({"type": "audio", "audio": audio})
-    else:  # the transcript stands where the audio was, as Assistant's transcribe mode does
-        parts.append({"type": "text", "text": transcript})
-    if item.after:
-        parts.append({"type": "text", "text": item.after})
-    return parts
+        parts = [{"type": "text", "text": item.prompt}]
+    else:
+        parts = [{"type": "text", "text": item.before}] if item.before else []
+        if condition == "native":
+            parts.append({"type": "audio", "audio": audio})
+        else:  # the transcript stands where the audio was, as Assistant's transcribe mode does
+            parts.append({"type": "text", "text": transcript})
+        if item.after:
+            parts.append({"type": "text", "text": item.after})
+    return parts + media if item.image_last else media + parts
 
 
 # --------------------------------------------------------------------------- the run
@@ -295,7 +295,7 @@ def _run_generation(assistant, task: Task, items: list[Item], conditions: list[s
                             content = [{"type": "audio", "audio": audios[i]}, {"type": "text", "text": items[i].after}]
                         else:
                             content = _question_content(items[i], images[i], condition, audios.get(i), transcripts.get(i))
-                        conversations.append([{"role": "user", "content": content}])
+                        conversations.append([*items[i].history, {"role": "user", "content": content}])
                     answers = generate_answers(assistant, conversations, max_new_tokens)
                 for i, answer in zip(indices, answers):
                     if "skipped" in records[i]:

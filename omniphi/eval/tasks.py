@@ -47,6 +47,8 @@ class Item:
     image: Path | None = None
     audio: Path | None = None  # the spoken question (shapes) or the recording to transcribe (ASR)
     meta: dict[str, Any] = field(default_factory=dict)
+    image_last: bool = False  # the picture after the question's text (OpenAI's documented order)
+    history: list[dict[str, Any]] = field(default_factory=list)  # earlier turns (messages) of a follow-up
 
     @property
     def prompt(self) -> str:
@@ -422,7 +424,8 @@ def _aggregate_mme(items: list[Item], results: list[dict]) -> tuple[dict, dict]:
 
 def load_qa(path: Path, options: LoadOptions) -> list[Item]:
     """--data: JSON Lines {"id", "question", "answers": [...] (or "answer"), "image": optional
-    path relative to the file} — for quick checks of your own questions."""
+    path relative to the file, "history": optional [[question, answer], ...] asked before it (a
+    follow-up: "And of Germany?" after the capital of France)} — for quick checks of your own questions."""
     items = []
     for n, row in enumerate(_read_json_lines(path), 1):
         if not isinstance(row, dict) or "question" not in row or not (row.get("answers") or row.get("answer")):
@@ -430,7 +433,13 @@ def load_qa(path: Path, options: LoadOptions) -> list[Item]:
         answers = row.get("answers") or [row["answer"]]
         answers = [answers] if isinstance(answers, str) else [str(a) for a in answers]
         image = find_image(row["image"], [options.images, path.parent]) if row.get("image") else None
-        items.append(Item(id=str(row.get("id", n)), references=answers, question=row["question"], image=image))
+        history = row.get("history") or []
+        if not isinstance(history, list) or not all(
+                isinstance(t, list) and len(t) == 2 and all(isinstance(x, str) for x in t) for t in history):
+            raise EvalError(f"{path}:{n}: 'history' must be a list of [question, answer] pairs")
+        messages = [{"role": role, "content": text} for q, a in history for role, text in (("user", q), ("assistant", a))]
+        items.append(Item(id=str(row.get("id", n)), references=answers, question=row["question"], image=image,
+                          history=messages))
     return _limited(items, options)
 
 
@@ -497,9 +506,18 @@ def load_text(path: Path, options: LoadOptions) -> list[Item]:
 # --------------------------------------------------------------------------- shapes
 
 
+def _image_last(item_id: str) -> bool:
+    """Half the shapes questions put the picture after the question (a fixed half: a hash of the
+    id), so one run measures both part orders (the "image_order" groups)."""
+    import hashlib
+
+    return hashlib.sha256(f"image-order:{item_id}".encode()).digest()[0] % 2 == 1
+
+
 def load_shapes_task(path: Path, options: LoadOptions) -> list[Item]:
     """--data: a folder written by `omniphi data shapes`; --split defaults to test. Spoken
-    questions come from <split>_spoken.json where it exists (else they are synthesised)."""
+    questions come from <split>_spoken.json where it exists (else they are synthesised). Half the
+    questions are asked with the picture after the text (grouped as "image_order")."""
     from omniphi.data.llava import DataFileError
     from omniphi.data.shapes import load_shapes
 
@@ -522,10 +540,12 @@ def load_shapes_task(path: Path, options: LoadOptions) -> list[Item]:
     items = []
     for i in range(len(dataset) if not options.limit else min(options.limit, len(dataset))):
         r = dataset.record(i)
+        last = _image_last(str(r["id"]))
         items.append(Item(
             id=str(r["id"]), references=[r["answer"]], question=r["question"],
-            image=dataset.image_folder / r["image"], audio=audio.get(str(r["id"])),
-            meta={"question_type": r.get("question_type"), "heldout": bool(r.get("heldout"))},
+            image=dataset.image_folder / r["image"], audio=audio.get(str(r["id"])), image_last=last,
+            meta={"question_type": r.get("question_type"), "heldout": bool(r.get("heldout")),
+                  "image_order": "image last" if last else "image first"},
         ))
     if not items:
         raise EvalError(f"the {split} split of {path} has no questions")
@@ -577,7 +597,8 @@ register(Task("qa", "your own questions (contains / exact match)", "JSON Lines o
 register(Task("shapes", "omniphi's synthetic shapes (normalised exact match)", "folder written by `omniphi data shapes`",
               "qa", load_shapes_task, _score_shapes,
               _accuracy_aggregate("correct", ("question_type", lambda i: i.meta.get("question_type")),
-                                  ("pairs", lambda i: "held-out" if i.meta.get("heldout") else "seen"))))
+                                  ("pairs", lambda i: "held-out" if i.meta.get("heldout") else "seen"),
+                                  ("image_order", lambda i: i.meta.get("image_order")))))
 register(Task("asr", "speech recognition WER (Whisper's transcript and the native path)",
               "LibriSpeech folder or ASR manifest (.jsonl)", "asr", load_asr, _score_asr, _aggregate_asr,
               max_new_tokens=200, headline=("wer",)), "librispeech", "wer")

@@ -38,6 +38,7 @@ from omniphi.chat import (
 )
 from omniphi.model.audio_encoder import audio_token_count
 from omniphi.model.modeling import PlaceholderMismatchError
+from omniphi.model_card import generation_defaults
 from omniphi.processing import EncodedSample, SampleTooLongError, pad_audio_windows
 from omniphi.runtime.caches import MediaCache, PrefixCache
 from omniphi.runtime.decoding import KV, DecodeBatch, Sequence, new_cache
@@ -58,6 +59,9 @@ class Assistant:
         self.processor = loaded.processor
         self.transcriber = loaded.transcriber
         self.name = loaded.name
+        # How the model wants to be sampled unless the caller says otherwise (its generation_config.json)
+        self.generation_defaults = generation_defaults(self.model.generation_config)
+        self.card = loaded.card
         text_config = self.model.config.text_config
         self.context_tokens = context_tokens or getattr(text_config, "max_position_embeddings", 2048)
         self._transcripts: OrderedDict[str, str] = OrderedDict()  # audio hash → transcript

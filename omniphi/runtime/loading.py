@@ -24,6 +24,7 @@ import torch
 
 from omniphi import presets
 from omniphi.errors import UserError
+from omniphi.model_card import GENERATION_CONFIG_FILE, read_model_card
 from omniphi.presets import TRANSCRIBER_DIR, LoadedModel
 from omniphi.runtime import trained
 from omniphi.runtime.devices import resolve_device, resolve_dtype
@@ -117,7 +118,7 @@ def load_weights(spec: str, *, dtype: torch.dtype = torch.float32, merge: bool =
         return load_weights(fallback, dtype=dtype, merge=merge, name=name)
     if spec in presets.PRESETS:
         loaded = presets.build(spec, dtype=dtype)
-        return LoadedModel(loaded.model, loaded.processor, loaded.transcriber, name or loaded.name)
+        return LoadedModel(loaded.model, loaded.processor, loaded.transcriber, name or loaded.name, loaded.card)
     path = Path(spec)
     if not path.is_dir():
         raise ModelSpecError(f"unknown model {spec!r}: expected one of {', '.join(presets.PRESETS)} or a model directory")
@@ -132,7 +133,12 @@ def _load_training_output(directory: Path, *, dtype: torch.dtype, merge: bool, n
     for index, (stage_dir, meta) in enumerate(reversed(chain)):
         last = index == len(chain) - 1
         trained.apply_stage(loaded.model, stage_dir, meta, dtype=dtype, merge=merge or not last)
-    return LoadedModel(loaded.model, loaded.processor, loaded.transcriber, name or f"omniphi-{directory.name}")
+    if (directory / GENERATION_CONFIG_FILE).is_file():  # the output's own defaults, not its base's
+        from transformers import GenerationConfig
+
+        loaded.model.generation_config = GenerationConfig.from_pretrained(directory)
+    return LoadedModel(loaded.model, loaded.processor, loaded.transcriber, name or f"omniphi-{directory.name}",
+                       read_model_card(directory))
 
 
 def _load_directory(directory: Path, *, dtype: torch.dtype, name: str | None) -> LoadedModel:
@@ -150,7 +156,7 @@ def _load_directory(directory: Path, *, dtype: torch.dtype, name: str | None) ->
     if (directory / TRANSCRIBER_DIR / "config.json").exists():
         whisper = WhisperForConditionalGeneration.from_pretrained(directory / TRANSCRIBER_DIR, dtype=dtype)
         transcriber = Transcriber(whisper, WhisperProcessor.from_pretrained(directory / TRANSCRIBER_DIR))
-    return LoadedModel(model, processor, transcriber, name or f"omniphi-{directory.name}")
+    return LoadedModel(model, processor, transcriber, name or f"omniphi-{directory.name}", read_model_card(directory))
 
 
 def save_directory(loaded: LoadedModel, directory: str | Path, *, defaults: dict[str, str] | None = None) -> None:

@@ -28,6 +28,7 @@ from torch import nn
 
 from omniphi import presets
 from omniphi.errors import UserError
+from omniphi.model_card import copy_model_files
 
 MARKER = "omniphi_trained.json"
 ADAPTER_DIR = "adapter"
@@ -221,4 +222,5 @@ def flatten_trained(directory: str | Path, out: str | Path) -> dict:
         "non_lora_trainables": names,
     }
     (out / MARKER).write_text(json.dumps(meta, indent=2, default=str) + "\n")
+    copy_model_files(directory, out)  # the last stage's generation defaults and model card
     return meta

@@ -36,7 +36,7 @@ def create_app(engine_or_assistant: Any, config: ServeConfig | None = None) -> F
     else:
         engine, owns = Engine(engine_or_assistant, config.max_queue, config.request_timeout_s), True
     store = Store(config.data_dir)
-    serve_state = ServeState(config, engine, store, owns)
+    serve_state = ServeState(config, engine, store, owns, config.generation(engine.assistant.generation_defaults))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -9,6 +9,7 @@ generation and the partial answer is kept with `finish_reason: "cancelled"`.
 from __future__ import annotations
 
 import functools
+from dataclasses import replace
 from typing import Any, Literal, Optional
 
 import anyio
@@ -133,8 +134,34 @@ async def get_attachment(attachment_id: str, request: Request) -> Response:
 async def settings_defaults(request: Request) -> dict[str, Any]:
     st = state(request)
     config = st.config
-    return {"system_prompt": config.system_prompt, "temperature": config.temperature,
-            "max_tokens": config.max_tokens, "audio_mode": config.audio_mode, "model": st.engine.model_name}
+    return {"system_prompt": config.system_prompt, "temperature": st.generation.temperature,
+            "max_tokens": st.generation.max_new_tokens, "audio_mode": config.audio_mode, "model": st.engine.model_name}
+
+
+_CARD_MEDIA_URL = "/api/model/suggestions/{index}/{kind}"
+
+
+@router.get("/model")
+async def model_card(request: Request) -> dict[str, Any]:
+    """The loaded model's card (omniphi/model_card.py) for the page's empty chat: what it can do,
+    what it cannot, suggestions that work for it. A model without a card has only its name."""
+    st = state(request)
+    card = st.engine.assistant.card
+    if card is None:
+        return {"name": st.engine.model_name, "summary": "", "limits": "", "suggestions": []}
+    return card.public(_CARD_MEDIA_URL)
+
+
+@router.get("/model/suggestions/{index}/{kind}")
+async def model_card_media(index: int, kind: str, request: Request) -> Response:
+    """A sample picture or spoken question of a suggestion card (files of the model directory that
+    its card names; nothing else of the directory is reachable)."""
+    card = state(request).engine.assistant.card
+    if card is None or not 0 <= index < len(card.suggestions) or kind not in card.suggestions[index].media:
+        raise not_found(f"The model card has no {kind!r} for suggestion {index}.", "index")
+    return FileResponse(card.suggestions[index].media[kind], headers={
+        "Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff",
+        "Content-Security-Policy": "sandbox; default-src 'none'"})
 
 
 # --------------------------------------------------------------------------- chat
@@ -221,9 +248,10 @@ async def chat(conv_id: str, request: Request) -> Response:
     if not body.regenerate and not body.content:
         raise bad_request("Missing required parameter: 'content'.", "content", "missing_required_parameter")
     chosen = body.settings or ChatSettings()
-    settings = GenerationSettings(
-        max_new_tokens=chosen.max_tokens or config.max_tokens,
-        temperature=config.temperature if chosen.temperature is None else chosen.temperature,
+    settings = replace(
+        st.generation,
+        max_new_tokens=chosen.max_tokens or st.generation.max_new_tokens,
+        temperature=st.generation.temperature if chosen.temperature is None else chosen.temperature,
     ).validate()
     system_prompt = config.system_prompt if chosen.system_prompt is None else chosen.system_prompt
     audio_mode = chosen.audio_mode or config.audio_mode

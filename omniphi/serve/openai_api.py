@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from dataclasses import replace
 from typing import Any, Literal, Optional, Union
 
 import anyio
@@ -160,12 +161,13 @@ def _split_param(param: str) -> list:
 
 
 def _settings(body: ChatCompletionRequest, st: ServeState) -> GenerationSettings:
-    config = st.config
     stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
-    settings = GenerationSettings(
-        max_new_tokens=body.max_completion_tokens or body.max_tokens or config.max_tokens,
-        temperature=config.temperature if body.temperature is None else body.temperature,
-        top_p=1.0 if body.top_p is None else body.top_p,
+    defaults = st.generation
+    settings = replace(
+        defaults,
+        max_new_tokens=body.max_completion_tokens or body.max_tokens or defaults.max_new_tokens,
+        temperature=defaults.temperature if body.temperature is None else body.temperature,
+        top_p=defaults.top_p if body.top_p is None else body.top_p,
         stop=stop,
         seed=body.seed,
     )

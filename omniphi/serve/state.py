@@ -7,12 +7,12 @@ A module of its own so that the routers and the admission checks read it without
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from fastapi import Request
 
-from omniphi.chat import AudioMode
+from omniphi.chat import AudioMode, GenerationSettings
 from omniphi.media import MediaLimits
 from omniphi.serve.engine import Engine
 from omniphi.serve.store import Store
@@ -42,9 +42,16 @@ class ServeConfig:
     request_timeout_s: float = 300.0
     # Defaults for the page (GET /api/settings/defaults) and for requests that leave them out.
     system_prompt: str = "You are a helpful assistant. Answer clearly and concisely."
-    temperature: float = 0.7
-    max_tokens: int = 512
+    # None: the model's own (its generation_config.json; greedy where it says nothing)
+    temperature: float | None = None
+    top_p: float | None = None
+    max_tokens: int | None = None
     audio_mode: AudioMode = "native"
+
+    def generation(self, model_defaults: GenerationSettings) -> GenerationSettings:
+        """What a request that sets nothing gets: this config's values over the model's."""
+        chosen = {"temperature": self.temperature, "top_p": self.top_p, "max_new_tokens": self.max_tokens}
+        return replace(model_defaults, **{k: v for k, v in chosen.items() if v is not None}).validate()
 
 
 @dataclass
@@ -53,6 +60,7 @@ class ServeState:
     engine: Engine
     store: Store
     owns_engine: bool
+    generation: GenerationSettings  # the defaults of every request (ServeConfig.generation)
     started_at: float = field(default_factory=time.time)
 
 

@@ -3,21 +3,29 @@
     python -m omniphi.starter.build [--install] [--fresh]
 
 1. data      `omniphi data shapes --out data/starter-shapes --n 4000 --seed 0 --val-frac 0.075
-             --test-frac 0.075 --tts flite`, questions spoken by flite in 4 voices × 8 speaking rates
-             (espeak-ng's voices cost Whisper tiny.en ~25 % WER, flite's ~5 %); then
+             --test-frac 0.075` (its default voices: flite's 4 and espeak-ng's 12, half the questions
+             each, × 8 speaking rates; Whisper tiny.en mishears espeak-ng ~25 % of words and flite
+             ~5 %, and the native path must not collapse where Whisper mishears); then
              each training image's three questions as one dialogue, each question typed or spoken
              (train_dialogues.json: the image and system prompt are paid for once per three answers)
+   The data step also makes half the spoken training questions hard (speed, noise, room, telephone
+   band, browser codecs: omniphi/data/augment.py), draws pictures outside the shapes world
+   answered with one honest sentence (omniphi/data/outside.py), and puts the picture before,
+   after or between the first question's text.
 2. replay    the untrained SmolLM2's own answers to general questions and its own prose
              (omniphi/starter/replay.py) → data/starter-replay, mixed into step 6 so the LoRA keeps
-             what SmolLM2 knew
+             what SmolLM2 knew; then (step "conversations") its answers to follow-up questions and
+             the general questions spoken (omniphi/starter/conversations.py)
 3. vision    the vision tower learns to write each picture as a caption in SmolLM2's word space
              (omniphi/starter/vision.py) → runs/starter/vision
-4. audio     the audio projector learns to write each spoken question as its words in SmolLM2's
-             word space (omniphi/starter/audio.py) → runs/starter/audio
+4. audio     recipes/starter-audio.yaml (the audio_words stage, omniphi/train/audio_words.py): the
+             audio projector learns to write each spoken question as its words in SmolLM2's word
+             space → runs/starter/audio
 5. align     recipes/starter-align.yaml → runs/starter/align
 6. instruct  recipes/starter-instruct.yaml → runs/starter/instruct
 7. package   the chain of stages flattened onto the "starter-base" preset → runs/starter/weights,
-             and with --install copied to omniphi/starter_weights (what the "starter" preset loads)
+             with its greedy generation defaults and model card (omniphi/starter/card.py), and with
+             --install copied to omniphi/starter_weights (what the "starter" preset loads)
 
 Each finished step is kept and skipped on a re-run (delete runs/starter, or --fresh, to redo all),
 so an interrupted build continues where it stopped. Step times go to runs/starter/timings.json.
@@ -33,7 +41,7 @@ import time
 from pathlib import Path
 
 from omniphi.data.shapes import GENERATOR_VERSION
-from omniphi.data.tts import FLITE_COMMAND, FLITE_VOICES, Speaker
+from omniphi.data.tts import DEFAULT_TTS, make_speaker
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = Path("data/starter-shapes")
@@ -44,15 +52,26 @@ DATA_SEED = 0
 HELD_OUT_FRACTION = 0.075  # each of val and test: 300 images, 900 questions
 
 
+# What the data step adds to `omniphi data shapes`'s output; a change redoes the step.
+HARD_FRACTION = 0.5  # of the training split's spoken questions, made hard (omniphi/data/augment.py)
+OUTSIDE_TRAIN, OUTSIDE_TEST = 300, 200  # pictures outside the shapes world (omniphi/data/outside.py)
+EXTRAS_FILE = "starter-extras.json"
+
+
+def _extras() -> dict:
+    return {"hard_fraction": HARD_FRACTION, "outside": [OUTSIDE_TRAIN, OUTSIDE_TEST], "mixed_order": True,
+            "seed": DATA_SEED}
+
+
 def _data_ready(root: Path) -> bool:
     meta = root / "metadata.json"
-    if not meta.is_file():
+    if not meta.is_file() or not (root / EXTRAS_FILE).is_file():
         return False
     info = json.loads(meta.read_text())
     spoken = info.get("spoken") or {}
     return (info.get("n") == DATA_N and info.get("seed") == DATA_SEED and info.get("version") == GENERATOR_VERSION
-            and spoken.get("command") == FLITE_COMMAND and (root / "train_dialogues.json").is_file()
-            and (root / "val_dialogues.json").is_file())
+            and spoken.get("command") == _speaker().command and (root / "train_dialogues.json").is_file()
+            and (root / "val_dialogues.json").is_file() and json.loads((root / EXTRAS_FILE).read_text()) == _extras())
 
 
 # The chat template's default system prompt (the CLI, eval), the server's default (the web page)
@@ -63,15 +82,30 @@ def _system_prompts() -> tuple[str | None, ...]:
     return (None, ServeConfig().system_prompt, "You are a helpful assistant.")
 
 
+def _speaker():
+    """`omniphi data shapes`'s default voices (both engines, all their voices): what a user's
+    own spoken questions will most likely sound like, and what the eval speaks with."""
+    return make_speaker(DEFAULT_TTS, seed=DATA_SEED)
+
+
 def step_data() -> bool:
+    from omniphi.data.augment import augment_spoken
+    from omniphi.data.outside import write_outside
     from omniphi.data.shapes import generate_shapes, write_dialogues
 
     if _data_ready(DATA):
         return False
+    (DATA / EXTRAS_FILE).unlink(missing_ok=True)  # not done until the extras are written too
     generate_shapes(DATA, n=DATA_N, seed=DATA_SEED, val_frac=HELD_OUT_FRACTION, test_frac=HELD_OUT_FRACTION,
-                    speaker=Speaker(FLITE_COMMAND, FLITE_VOICES, seed=DATA_SEED), jobs=2)
+                    speaker=_speaker(), jobs=2)
+    hard = augment_spoken(DATA, "train", HARD_FRACTION, seed=DATA_SEED)
+    outside = write_outside(DATA, OUTSIDE_TRAIN, OUTSIDE_TEST, seed=DATA_SEED)
     for split in ("train", "val"):
-        write_dialogues(DATA, split, spoken_fraction=0.5, seed=DATA_SEED, system_prompts=_system_prompts())
+        write_dialogues(DATA, split, spoken_fraction=0.5, seed=DATA_SEED, system_prompts=_system_prompts(),
+                        mixed_order=True)
+    (DATA / EXTRAS_FILE).write_text(json.dumps(_extras()) + "\n")
+    print(f"[data] {hard} spoken training questions made hard; pictures outside the shapes world: {outside}",
+          file=sys.stderr)
     return True
 
 
@@ -88,6 +122,22 @@ def step_replay() -> bool:
     return True
 
 
+def step_conversations() -> bool:
+    """Follow-up dialogues and spoken general questions, answered by the base (conversations.py)."""
+    from omniphi.starter.conversations import FOLLOW_UPS, write_followups, write_spoken_chat
+
+    meta = REPLAY / "conversations.json"
+    wanted = {"follow_ups": [list(c) for c in FOLLOW_UPS], "speaker": _speaker().command, "seed": DATA_SEED,
+              "system_prompts": list(_system_prompts())}
+    if meta.is_file() and json.loads(meta.read_text()) == wanted and (REPLAY / "spoken_chat.json").is_file():
+        return False
+    followups = write_followups(REPLAY, system_prompts=_system_prompts(), seed=DATA_SEED)
+    spoken = write_spoken_chat(REPLAY, _speaker(), seed=DATA_SEED)
+    meta.write_text(json.dumps(wanted, indent=1) + "\n")
+    print(f"[conversations] {followups} follow-up dialogues, {spoken} spoken general questions", file=sys.stderr)
+    return True
+
+
 def step_vision() -> bool:
     from omniphi.starter.vision import pretrain_vision
     from omniphi.runtime.trained import is_training_output
@@ -95,16 +145,6 @@ def step_vision() -> bool:
     if is_training_output(WORK / "vision"):
         return False
     pretrain_vision(DATA, WORK / "vision", base="starter-base")
-    return True
-
-
-def step_audio() -> bool:
-    from omniphi.starter.audio import pretrain_audio
-    from omniphi.runtime.trained import is_training_output
-
-    if is_training_output(WORK / "audio"):
-        return False
-    pretrain_audio(DATA, WORK / "audio", base=str(WORK / "vision"))
     return True
 
 
@@ -129,12 +169,14 @@ def step_package(install: bool) -> bool:
     weights = WORK / "weights"
     shutil.rmtree(weights, ignore_errors=True)
     flatten_trained(WORK / "instruct", weights)
+    if install:  # the card's sample picture and spoken question are the new fixture's
+        export_fixture()
+    write_card(weights)
     size = sum(p.stat().st_size for p in weights.rglob("*") if p.is_file())
     print(f"[package] {weights}: {size / 2**20:.1f} MiB", file=sys.stderr)
     if install:
         shutil.rmtree(STARTER_WEIGHTS_DIR, ignore_errors=True)
         shutil.copytree(weights, STARTER_WEIGHTS_DIR)
-        export_fixture()
         print(f"[package] installed in {STARTER_WEIGHTS_DIR}; test questions in {FIXTURE}", file=sys.stderr)
     return True
 
@@ -170,6 +212,25 @@ def export_fixture(root: Path = DATA, out: Path = FIXTURE, n_images: int = FIXTU
     (out / "questions.json").write_text(json.dumps(fixture, indent=1) + "\n")
 
 
+def write_card(out: Path, fixture: Path = FIXTURE) -> None:
+    """The starter's generation defaults and model card (omniphi/starter/card.py) into `out`,
+    with the fixture's circle picture and its spoken question as the card's samples."""
+    from omniphi.starter.card import write_starter_card
+
+    circle = json.loads((fixture / "questions.json").read_text())["circle"]
+    write_starter_card(out, fixture / circle["image"], circle["answer"], fixture / circle["audio"],
+                       "What colour is the circle?")
+
+
+# What each trained step's output was made from: when one of these is redone, the output is stale.
+INPUTS = {
+    "vision": {"data"},
+    "audio": {"data", "vision"},
+    "align": {"data", "audio"},
+    "instruct": {"data", "replay", "conversations", "align"},
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m omniphi.starter.build", description=__doc__.split("\n\n")[0])
     parser.add_argument("--install", action="store_true", help="copy the result to omniphi/starter_weights")
@@ -185,17 +246,26 @@ def main(argv: list[str] | None = None) -> int:
     steps = [
         ("data", step_data),
         ("replay", step_replay),
+        ("conversations", step_conversations),
         ("vision", step_vision),
-        ("audio", step_audio),
+        ("audio", lambda: step_recipe("starter-audio")),
         ("align", lambda: step_recipe("starter-align")),
         ("instruct", lambda: step_recipe("starter-instruct")),
         ("package", lambda: step_package(args.install)),
     ]
     started = time.monotonic()
+    redone: set[str] = set()
     for name, step in steps:
         t0 = time.monotonic()
+        stale = redone & INPUTS.get(name, set())
+        if stale and (WORK / name).exists():  # trained on what was just made anew: train again
+            print(f"[starter] {name}: discarding {WORK / name}, made before {', '.join(sorted(stale))} was redone",
+                  file=sys.stderr)
+            shutil.rmtree(WORK / name)
         print(f"[starter] {name} ...", file=sys.stderr)
         ran = step()
+        if ran:
+            redone.add(name)
         seconds = time.monotonic() - t0
         if not ran:  # a skipped step keeps the time it took when it ran
             print(f"[starter] {name} already done", file=sys.stderr)

@@ -43,7 +43,7 @@ from PIL import Image
 from torch import nn
 
 from omniphi.data.shapes import CAPTION_ORDER, COLOURS, NUMBER_WORDS, POSITIONS, SHAPES
-from omniphi.starter.word_space import WordSpace
+from omniphi.train.word_space import WordSpace
 
 IGNORE = -100
 # The words each group of targets points at ("empty" stands for no object in the region).

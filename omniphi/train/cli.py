@@ -59,10 +59,12 @@ def run_train(args) -> int:
     from omniphi.train.run import run_training
 
     result = run_training(recipe, resume=resume)
-    if result.trainer.args.process_index == 0:
+    # The audio_words stage runs its own loop in one process (no Trainer, no plots).
+    if result.trainer is None or result.trainer.args.process_index == 0:
         if result.complete:
+            plots = result.output_dir / "plots"
             print(f"trained {result.global_step} steps; model in {result.output_dir} "
-                  f"(omniphi ask --model {result.output_dir}; plots in {result.output_dir / 'plots'})")
+                  f"(omniphi ask --model {result.output_dir}" + (f"; plots in {plots})" if plots.is_dir() else ")"))
         else:
             print(f"stopped at step {result.global_step}/{result.max_steps}; continue with --resume")
     return 0

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from omniphi.model_card import copy_model_files
 from omniphi.runtime.loading import load_weights, save_directory
 from omniphi.runtime.trained import MARKER, TrainedOutputError, is_training_output, read_meta
 
@@ -29,6 +30,8 @@ def merge_output(directory: str | Path, out: str | Path, dtype: torch.dtype = to
     tmp = out.with_name(out.name + ".tmp-merge")
     shutil.rmtree(tmp, ignore_errors=True)
     save_directory(loaded, tmp)
+    copy_model_files(directory, tmp)  # the output's generation defaults and card
+    copy_model_files(directory, tmp)  # the output's generation defaults and card
     (tmp / MERGED_FROM).write_text(json.dumps({"source": str(directory.resolve()), **read_meta(directory)}, indent=2) + "\n")
     if out.exists():
         out.rmdir()

@@ -1,6 +1,6 @@
 """Training recipes: one YAML file per run, typed, with `--key value` overrides from the command line.
 
-    stage: instruct                 # text | align | instruct
+    stage: instruct                 # text | align | instruct | audio_words
     model: {base: starter, quantize: nf4}
     lora: {r: 128, alpha: 256, dropout: 0.05}
     data:
@@ -27,8 +27,9 @@ import yaml
 
 from omniphi.errors import UserError
 
-STAGES = ("text", "align", "instruct")
+STAGES = ("text", "align", "instruct", "audio_words")
 DATA_FORMATS = ("llava", "llava_plain", "asr_manifest", "librispeech", "text")
+ASR_FORMATS = ("asr_manifest", "librispeech")  # speech with its transcript
 
 
 class RecipeError(UserError, ValueError):
@@ -107,13 +108,26 @@ class TrainingSection:
 
 
 @dataclass
+class AudioWordsSection:
+    """The audio_words stage (omniphi/train/audio_words.py): the audio projector learns to spell
+    each transcript as the LLM's word embeddings (CTC over cosines), without the LLM."""
+
+    negatives: int = 2048  # CTC classes besides the transcripts' own tokens (all ~50k: ~20x slower)
+    cosine_weight: float = 1.0  # pull each token onto the nearest of its own words or the blank
+    norm_weight: float = 0.1  # keep each token as long as a word embedding
+    blank: str = " "  # the CTC blank's text; must be one token
+    cache_frames: bool = True  # Whisper's frames computed once (memory ~ clips × seconds); false: per step
+
+
+@dataclass
 class Recipe:
-    stage: Literal["text", "align", "instruct"]
+    stage: Literal["text", "align", "instruct", "audio_words"]
     training: TrainingSection = field(default_factory=TrainingSection)
     model: ModelSection = field(default_factory=ModelSection)
     lora: Optional[LoraSection] = None
     train_modules: Union[str, list[str]] = "auto"  # auto: the stage's default (see omniphi.train.freezing)
     data: DataSection = field(default_factory=DataSection)
+    audio_words: AudioWordsSection = field(default_factory=AudioWordsSection)  # stage audio_words only
     name: Optional[str] = None
 
     def to_dict(self) -> dict:
@@ -130,6 +144,8 @@ class Recipe:
             raise RecipeError("training.output_dir is required")
         if not self.data.train:
             raise RecipeError("data.train needs at least one source")
+        if self.stage == "audio_words":
+            self._validate_audio_words()
         if m.init == "scratch" and self.stage != "text":
             raise RecipeError("model.init: scratch is for the text stage")
         if m.init == "scratch" and (self.lora is not None or m.quantize):
@@ -160,6 +176,16 @@ class Recipe:
         if self.lora is not None and (self.lora.r < 1 or self.lora.alpha <= 0):
             raise RecipeError("lora.r and lora.alpha must be positive")
         return self
+
+
+    def _validate_audio_words(self) -> None:
+        if self.lora is not None or self.model.quantize or self.model.init != "pretrained":
+            raise RecipeError("the audio_words stage trains the audio projector only: remove lora / model.quantize / init")
+        if not (self.train_modules == "auto" or name_list(self.train_modules) == ["audio_projector"]):
+            raise RecipeError("the audio_words stage trains the audio projector only: train_modules auto or [audio_projector]")
+        bad = [s.format for s in [*self.data.train, *self.data.eval] if s.format not in ASR_FORMATS]
+        if bad:
+            raise RecipeError(f"the audio_words stage reads speech with transcripts ({', '.join(ASR_FORMATS)}), not {bad[0]}")
 
 
 # -- typed construction ------------------------------------------------------------------------------

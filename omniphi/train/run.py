@@ -129,6 +129,10 @@ def _scratch_language_model(model, overrides: dict, dtype: torch.dtype):
 
 
 def run_training(recipe: Recipe, resume: bool | str | None = None) -> TrainResult:
+    if recipe.stage == "audio_words":  # its own loop: no LLM pass, Whisper's frames computed once
+        from omniphi.train.audio_words import run_audio_words
+
+        return run_audio_words(recipe, resume)
     from transformers import set_seed
 
     from omniphi.runtime.loading import load_weights

@@ -55,6 +55,8 @@ class DemoAssistant(Assistant):
 
     def __init__(self, token_delay: float = 0.03):
         self.token_delay = token_delay
+        self.generation_defaults = GenerationSettings()
+        self.card = None
 
     def transcribe(self, audio: np.ndarray) -> str:
         return "What is the capital of France?"

@@ -251,3 +251,38 @@ def test_cli_shapes_and_errors(tmp_path, capsys):
     assert speaker.command == FLITE_COMMAND and speaker.voices == list(FLITE_VOICES)
     args.voices = "slt"
     assert _speaker(args).voices == ["slt"]
+    assert main(["data", "shapes", "--out", str(tmp_path / "y"), "--n", "2", "--voices", "slt"]) == 2
+    assert "needs one engine" in capsys.readouterr().err
+
+
+def test_data_shapes_speaks_by_default_with_the_voices_the_starter_trains_on(tmp_path):
+    """`omniphi data shapes` without --tts: both engines, all their voices (the starter build's
+    speaker), so a user's fresh split sounds like the starter's training data."""
+    from omniphi.cli import build_parser
+    from omniphi.data.cli import _speaker
+    from omniphi.starter.build import _speaker as starter_speaker
+
+    args = build_parser("data").parse_args(["data", "shapes", "--out", str(tmp_path / "d"), "--n", "2",
+                                            "--tts-cache", str(tmp_path / "tts")])
+    speaker = _speaker(args)
+    assert speaker.command == starter_speaker().command
+    assert {v.split(":")[0] for v in speaker.voices} == {"flite", "espeak-ng"}
+
+
+def test_dialogues_put_the_picture_before_after_or_between_the_first_question(tmp_path):
+    """mixed_order: every order occurs, and the loader puts the image part where the placeholder is."""
+    from omniphi.data.llava import LlavaDataset
+    from omniphi.data.shapes import generate_shapes, write_dialogues
+
+    generate_shapes(tmp_path, n=60, seed=1, image_size=32)
+    path = write_dialogues(tmp_path, "train", spoken_fraction=0.0, seed=1, mixed_order=True)
+    records = json.loads(path.read_text())
+    firsts = [r["conversations"][0]["value"] for r in records]
+    assert any(f.startswith("<image>\n") for f in firsts) and any(f.endswith("\n<image>") for f in firsts)
+    between = [f for f in firsts if not f.startswith("<image>") and not f.endswith("<image>")]
+    assert between and all(f.count("<image>") == 1 for f in firsts)
+    dataset = LlavaDataset(path, image_folder=tmp_path)
+    kinds = {tuple(p["type"] for p in dataset[i]["messages"][0]["content"]) for i in range(len(dataset))}
+    assert {("image", "text"), ("text", "image"), ("text", "image", "text")} <= kinds
+    plain = json.loads(write_dialogues(tmp_path, "train", spoken_fraction=0.0, seed=1).read_text())
+    assert all(r["conversations"][0]["value"].startswith("<image>\n") for r in plain)  # the default keeps its layout

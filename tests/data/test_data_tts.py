@@ -185,9 +185,38 @@ def test_cli_spoken(fake, fixtures, tmp_path, capsys):
     assert exc.value.code == 2
 
 
-
 def test_a_missing_engine_names_its_debian_package():
     from omniphi.data.tts import program_not_found
 
     assert "`sudo apt-get install flite` or `make system-deps`" in program_not_found("flite", "x")
     assert "apt-get" not in program_not_found("my-tts", "x") and "install it" in program_not_found("my-tts", "x")
+
+
+def test_voice_mix_gives_each_engine_about_half_the_utterances(tmp_path):
+    from collections import Counter
+
+    from omniphi.data.tts import ENGINES, VoiceMix
+
+    mix = VoiceMix(cache_dir=tmp_path, seed=5)
+    chosen = [mix.choose(f"q{i}") for i in range(400)]
+    engines = Counter(voice.split(":")[0] for voice, _ in chosen)
+    assert set(engines) == set(ENGINES) and min(engines.values()) > 150  # not 12 espeak voices to 4 flite ones
+    assert {voice for voice, _ in chosen} == set(mix.voices)  # every voice of every engine is used
+    assert chosen == [VoiceMix(cache_dir=tmp_path, seed=5).choose(f"q{i}") for i in range(400)]  # seeded
+    assert chosen != [VoiceMix(cache_dir=tmp_path, seed=6).choose(f"q{i}") for i in range(400)]
+    with pytest.raises(ValueError, match="engine:voice"):
+        mix.speak("hi", voice="slt", rate=150)
+
+
+@needs_espeak
+@needs_flite
+def test_voice_mix_speaks_with_the_chosen_engine_and_caches_like_it(tmp_path):
+    from omniphi.data.tts import VoiceMix
+
+    mix = VoiceMix(cache_dir=tmp_path)
+    by_flite = mix.speak("Is there a red circle?", voice="flite:slt", rate=175)
+    by_espeak = mix.speak("Is there a red circle?", voice="espeak-ng:en-gb", rate=175)
+    assert np.abs(by_flite).max() > 0.05 and np.abs(by_espeak).max() > 0.05
+    assert len(by_flite) != len(by_espeak)
+    alone = Speaker(FLITE_COMMAND, FLITE_VOICES, cache_dir=tmp_path)
+    assert mix.cache_key("Is there a red circle?", "flite:slt", 175) == alone.cache_key("Is there a red circle?", "slt", 175)

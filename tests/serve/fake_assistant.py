@@ -25,8 +25,11 @@ TRANSCRIPT = "What is the capital of France?"
 
 class FakeAssistant:
     def __init__(self, answer: str = ANSWER, *, token_delay: float = 0.0, transcript: str = TRANSCRIPT,
-                 name: str = "omniphi-fake", fail_after: int | None = None, ignore_cancel: bool = False):
+                 name: str = "omniphi-fake", fail_after: int | None = None, ignore_cancel: bool = False,
+                 generation_defaults: GenerationSettings | None = None, card=None):
         self.name = name
+        self.generation_defaults = generation_defaults or GenerationSettings()  # as a real model's: greedy
+        self.card = card  # an omniphi.model_card.ModelCard, or None (as a model directory without one)
         self.answer = answer
         self.token_delay = token_delay
         self.transcript = transcript

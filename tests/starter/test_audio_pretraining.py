@@ -1,4 +1,5 @@
-"""Stage 2 of `make starter`: the audio projector learns to spell spoken questions as word embeddings."""
+"""Stage 2 of `make starter` (recipes/starter-audio.yaml, the audio_words stage): the audio
+projector learns to spell spoken questions as word embeddings."""
 
 import json
 from pathlib import Path
@@ -6,7 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from omniphi.starter.audio import AudioPretrainSettings, greedy_decode, pretrain_audio
+from omniphi.train.audio_words import greedy_decode
+from omniphi.train.recipe import load_recipe
+from omniphi.train.run import run_training
+
+ROOT = Path(__file__).resolve().parents[2]
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "starter-shapes"
 
@@ -39,13 +44,18 @@ def test_pretraining_teaches_the_projector_to_spell_the_questions(tmp_path, spok
     from omniphi.runtime.trained import read_meta
 
     out = tmp_path / "audio"
-    settings = AudioPretrainSettings(clips=16, epochs=12, batch_size=8, learning_rate=5e-3, negatives=256,
-                                     validation_clips=8)
-    accuracy = pretrain_audio(spoken_questions, out, base="starter-base", settings=settings)
+    # The starter build's own recipe, on 16 fixture clips instead of 2,048
+    recipe = load_recipe(ROOT / "recipes" / "starter-audio.yaml", [
+        ("model.base", "starter-base"), ("output_dir", str(out)), ("epochs", "12"), ("batch_size", "8"),
+        ("learning_rate", "5e-3"), ("negatives", "256"),
+        ("data.train.0.path", str(spoken_questions / "train_asr.jsonl")), ("data.train.0.limit", "16"),
+        ("data.eval.0.path", str(spoken_questions / "val_asr.jsonl")), ("data.eval.0.limit", "8")])
+    result = run_training(recipe)
+    accuracy = {k.removeprefix("val_spelling_"): v for k, v in result.metrics.items() if k.startswith("val_spelling_")}
     # 16 clips are enough to move the tokens onto their words (untrained: cosine ~0.05)
     assert accuracy["cosine"] > 0.5
     meta = read_meta(out)
-    assert meta["base"] == "starter-base" and meta["stage"] == "audio"
+    assert meta["base"] == "starter-base" and meta["stage"] == "audio_words"
     assert meta["non_lora_trainables"] and all(n.startswith("audio_projector.") for n in meta["non_lora_trainables"])
     assert meta["eval"]["val_spelling_cosine"] == accuracy["cosine"]
     trained = load_weights(str(out)).model

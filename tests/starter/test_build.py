@@ -19,14 +19,14 @@ def test_skipped_steps_keep_their_recorded_time(monkeypatch, tmp_path):
             return did_work
         return run
 
-    for name in ("data", "replay", "vision", "audio"):
+    for name in ("data", "replay", "conversations", "vision"):  # audio, align, instruct: step_recipe
         monkeypatch.setattr(build, f"step_{name}", step(name, did_work=True))
     monkeypatch.setattr(build, "step_recipe", lambda recipe: step(recipe, did_work=True)())
     monkeypatch.setattr(build, "step_package", step("package", did_work=True))
     assert build.main([]) == 0
     timings_path = tmp_path / "runs" / "timings.json"
     timings = json.loads(timings_path.read_text())
-    assert list(timings) == ["data", "replay", "vision", "audio", "align", "instruct", "package"]
+    assert list(timings) == ["data", "replay", "conversations", "vision", "audio", "align", "instruct", "package"]
 
     timings_path.write_text(json.dumps({**timings, "vision": 804.0}))
     monkeypatch.setattr(build, "step_vision", step("vision", did_work=False))  # already done
@@ -54,3 +54,35 @@ def test_replay_is_redone_when_its_settings_change(monkeypatch, tmp_path):
     meta = tmp_path / "replay" / "metadata.json"
     meta.write_text(json.dumps({**json.loads(meta.read_text()), "text_samples": 240}))  # an older, bigger mix
     assert build.step_replay() is True and len(writes) == 2
+
+
+def test_a_redone_step_discards_the_trained_outputs_made_from_it(monkeypatch, tmp_path):
+    """New data (or new replay) must not be paired with a tower or LoRA trained on the old one:
+    the outputs of the steps that read it are deleted and trained again, the others kept."""
+    monkeypatch.chdir(build.REPO)
+    monkeypatch.setattr(build, "WORK", tmp_path / "runs")
+    found = {}
+
+    def trained(name):
+        def run(*args):
+            found[name] = (build.WORK / name).exists()
+            (build.WORK / name).mkdir(parents=True, exist_ok=True)
+            return not found[name]
+        return run
+
+    for name in ("vision",):
+        monkeypatch.setattr(build, f"step_{name}", trained(name))
+    monkeypatch.setattr(build, "step_recipe", lambda recipe: trained(recipe.removeprefix("starter-"))())
+    monkeypatch.setattr(build, "step_package", lambda install: True)
+    for name, redo in (("data", False), ("replay", False), ("conversations", False)):
+        monkeypatch.setattr(build, f"step_{name}", lambda redo=redo: redo)
+    build.main([])  # first build: everything trained
+    build.main([])  # nothing redone: everything kept
+    assert all(found.values())
+    monkeypatch.setattr(build, "step_conversations", lambda: True)  # new follow-ups: only instruct is stale
+    build.main([])
+    assert found == {"vision": True, "audio": True, "align": True, "instruct": False}
+    monkeypatch.setattr(build, "step_conversations", lambda: False)
+    monkeypatch.setattr(build, "step_data", lambda: True)  # new data: every trained step is stale
+    build.main([])
+    assert not any(found.values())

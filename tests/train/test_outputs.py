@@ -150,3 +150,31 @@ def test_flatten_refuses_two_adapters(tmp_path, shapes):
                       training={"max_steps": 1}))
     with pytest.raises(TrainedOutputError, match="each have a LoRA adapter"):
         flatten_trained(second, tmp_path / "flat")
+
+
+def test_generation_defaults_and_card_travel_through_flatten_and_merge(tmp_path, shapes):
+    """A training output's generation_config.json and model_card.json are what loading it, its
+    flattened copy and its merged model directory answer with (not the base's greedy defaults)."""
+    from transformers import GenerationConfig
+
+    from omniphi.runtime.assistant import Assistant
+    from omniphi.train.merge import merge_output
+    from omniphi.runtime.trained import flatten_trained
+
+    run = tmp_path / "run"
+    train(make_recipe("align", run, [{"format": "llava_plain", "path": str(shapes / "captions.json")}],
+                      train_modules=["multi_modal_projector"], training={"max_steps": 1}))
+    assert Assistant.load(str(run)).generation_defaults.temperature == 0.0  # the tiny base says nothing: greedy
+    GenerationConfig(do_sample=True, temperature=0.3, max_new_tokens=21).save_pretrained(run)
+    (run / "pic.png").write_bytes((shapes / "images" / "000000.png").read_bytes())
+    (run / "model_card.json").write_text(json.dumps({"name": "n", "summary": "s", "suggestions": [
+        {"title": "t", "prompt": "What colour?", "image": "pic.png"}]}))
+
+    flat, merged = tmp_path / "flat", tmp_path / "merged"
+    flatten_trained(run, flat)
+    merge_output(run, merged)
+    for directory in (run, flat, merged):
+        assistant = Assistant.load(str(directory))
+        defaults = assistant.generation_defaults
+        assert (defaults.temperature, defaults.max_new_tokens) == (0.3, 21), directory
+        assert assistant.card.suggestions[0].media["image"].read_bytes() == (run / "pic.png").read_bytes()

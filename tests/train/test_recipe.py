@@ -73,11 +73,15 @@ def test_shipped_recipes_are_valid(path):
 
 def test_shipped_recipes_exist():
     names = {p.name for p in RECIPES.glob("*.yaml")}
-    assert {"phi2-text-qlora.yaml", "phi2-stage1-align.yaml", "phi2-audio-align.yaml", "phi2-stage2-qlora.yaml",
-            "shapes-align.yaml", "shapes-instruct.yaml", "shapes-tiny-smoke.yaml"} <= names
+    assert {"phi2-text-qlora.yaml", "phi2-stage1-align.yaml", "phi2-audio-words.yaml", "phi2-audio-align.yaml",
+            "phi2-stage2-qlora.yaml", "shapes-align.yaml", "shapes-instruct.yaml", "shapes-tiny-smoke.yaml"} <= names
     stage1 = load_recipe(RECIPES / "phi2-stage1-align.yaml")
     assert (stage1.training.learning_rate, stage1.training.global_batch_size, stage1.training.epochs,
             stage1.training.warmup_ratio, stage1.training.lr_scheduler) == (1e-3, 256, 1.0, 0.03, "cosine")
+    # The Phi-2 chain spells speech as word embeddings before it transcribes (the audio_words stage)
+    words, audio = load_recipe(RECIPES / "phi2-audio-words.yaml"), load_recipe(RECIPES / "phi2-audio-align.yaml")
+    assert (words.stage, words.model.base, audio.model.base) == ("audio_words", stage1.training.output_dir,
+                                                                 words.training.output_dir)
     stage2 = load_recipe(RECIPES / "phi2-stage2-qlora.yaml")
     assert (stage2.lora.r, stage2.lora.alpha, stage2.training.learning_rate, stage2.training.projector_lr,
             stage2.model.quantize) == (128, 256, 2e-4, 2e-5, "nf4")

@@ -132,3 +132,76 @@ def test_overfits_a_tiny_fixed_set(tmp_path, shapes):
     losses = train_losses(out)
     assert losses[0] > 5.0
     assert losses[-1] < 0.3 * losses[0], losses
+
+
+def spoken_manifest(tmp_path):
+    """Four clips with their transcripts (the speech fixtures and two LibriSpeech utterances)."""
+    speech = FIXTURES / "speech"
+    rows = [{"audio": str(speech / "capital.wav"), "text": "What is the capital of France?"},
+            {"audio": str(speech / "fox.wav"), "text": "The quick brown fox jumps over the lazy dog."}]
+    rows += [json.loads(line) for line in (FIXTURES / "librispeech" / "manifest.jsonl").read_text().splitlines()[:2]]
+    for row in rows[2:]:
+        row["audio"] = str(FIXTURES / "librispeech" / row["audio"])
+    path = tmp_path / "spoken.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_audio_words_stage_trains_only_the_audio_projector_and_its_loss_falls(tmp_path):
+    """The audio word-spelling stage (CTC of the audio tokens against the LLM's word embeddings) on
+    any recipe's ASR data: only the audio projector changes, the loss goes down, the output loads."""
+    out = tmp_path / "audio-words"
+    manifest = spoken_manifest(tmp_path)
+    recipe = make_recipe("audio_words", out, [{"format": "asr_manifest", "path": str(manifest)}],
+                         audio_words={"negatives": 64},
+                         training={"max_steps": 40, "batch_size": 4, "learning_rate": 1e-2, "logging_steps": 1})
+    recipe["data"]["eval"] = [{"format": "asr_manifest", "path": str(manifest), "limit": 2}]
+    result = train(recipe)
+    assert result.complete and result.global_step == 40
+    losses = train_losses(out)
+    assert len(losses) == 40 and sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5, losses
+    assert changed_modules(out, base_state()) == {"audio_projector"}
+    assert meta(out)["stage"] == "audio_words" and 0 <= meta(out)["eval"]["val_spelling_cosine"] <= 1
+
+
+@pytest.mark.parametrize("change, problem", [
+    ({"lora": {"r": 4}}, "audio projector only"),
+    ({"train_modules": ["audio_projector", "multi_modal_projector"]}, "audio projector only"),
+    ({"data": {"train": [{"format": "llava", "path": "x.json"}]}}, "speech with transcripts"),
+])
+def test_audio_words_recipe_refuses_what_the_stage_cannot_do(tmp_path, change, problem):
+    from omniphi.train.recipe import RecipeError, load_recipe
+
+    recipe = make_recipe("audio_words", tmp_path / "x", [{"format": "asr_manifest", "path": "m.jsonl"}], **change)
+    with pytest.raises(RecipeError, match=problem):
+        load_recipe(recipe)
+
+
+def test_audio_words_without_the_frame_cache_trains_the_same(tmp_path):
+    """cache_frames: false (a corpus too large to keep Whisper's frames) decodes and encodes each
+    batch again: the same losses as with the cache, only slower."""
+    manifest = spoken_manifest(tmp_path)
+    losses = {}
+    for cache in (True, False):
+        out = tmp_path / f"cache-{cache}"
+        train(make_recipe("audio_words", out, [{"format": "asr_manifest", "path": str(manifest)}],
+                          audio_words={"negatives": 32, "cache_frames": cache},
+                          training={"max_steps": 4, "batch_size": 2, "learning_rate": 1e-2, "logging_steps": 1}))
+        losses[cache] = train_losses(out)
+    assert len(losses[True]) == 4
+    assert losses[True] == pytest.approx(losses[False], rel=1e-4)
+
+
+def test_omniphi_train_runs_the_audio_words_stage(tmp_path, capsys):
+    import yaml
+
+    from omniphi.cli import main
+
+    out = tmp_path / "run"
+    recipe = make_recipe("audio_words", out, [{"format": "asr_manifest", "path": str(spoken_manifest(tmp_path))}],
+                         audio_words={"negatives": 16}, training={"max_steps": 2, "batch_size": 2})
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    assert main(["train", str(path)]) == 0
+    assert f"trained 2 steps; model in {out}" in capsys.readouterr().out
+    assert (out / "omniphi_trained.json").is_file()

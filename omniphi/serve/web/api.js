@@ -115,6 +115,9 @@ export async function request(method, path, body, { signal, raw = false, headers
 
 export const api = {
   defaults: () => request("GET", "settings/defaults"),
+  model: () => request("GET", "model"),
+  /** A file the server serves (a suggestion's sample picture or recording) as a Blob. */
+  blob: (url) => request("GET", url, undefined, { raw: true }).then((res) => res.blob()),
   listConversations: () => request("GET", "conversations").then((b) => (b && b.data) || []),
   createConversation: (title) => request("POST", "conversations", title ? { title } : {}),
   getConversation: (id) => request("GET", `conversations/${encodeURIComponent(id)}`),

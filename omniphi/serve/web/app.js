@@ -13,7 +13,7 @@ const el = {
   app: $("app"), sidebar: $("sidebar"), scrim: $("scrim"), list: $("conversation-list"), listEmpty: $("conv-empty"),
   newChat: $("new-chat"), topbarNew: $("topbar-new"), sidebarOpen: $("sidebar-open"), sidebarClose: $("sidebar-close"),
   title: $("chat-title"), modelBadge: $("model-badge"), thread: $("thread"), messages: $("messages"),
-  empty: $("empty-state"), scrollDown: $("scroll-down"), composer: $("composer"), input: $("input"),
+  empty: $("empty-state"), modelSummary: $("model-summary"), modelLimits: $("model-limits"), suggestions: $("suggestions"), scrollDown: $("scroll-down"), composer: $("composer"), input: $("input"),
   pending: $("pending"), send: $("send"), stop: $("stop"), attachImage: $("attach-image"), attachAudio: $("attach-audio"),
   imageInput: $("image-input"), audioInput: $("audio-input"), recordStart: $("record-start"), recording: $("recording"),
   recTimer: $("rec-timer"), recMeter: $("rec-meter"), recStop: $("rec-stop"), recCancel: $("rec-cancel"),
@@ -746,14 +746,6 @@ function bindComposer() {
     const hasText = e.clipboardData.types.includes("text/plain");
     if (addFiles(files) && !hasText) e.preventDefault();
   });
-  for (const b of document.querySelectorAll(".suggestion")) {
-    b.addEventListener("click", () => {
-      el.input.value = b.dataset.prompt;
-      autoGrow();
-      updateComposer();
-      el.input.focus();
-    });
-  }
   // Drag and drop anywhere on the chat side.
   let depth = 0;
   const hasFiles = (e) => e.dataTransfer && [...e.dataTransfer.types].includes("Files");
@@ -769,6 +761,59 @@ function bindComposer() {
     el.input.focus();
   });
   window.addEventListener("resize", autoGrow);
+}
+
+// ───────────────────────────── the model's card ─────────────────────────────
+// What the loaded model says it can do (GET /api/model, from its model directory): a summary, its
+// limits, and suggestions that work for it (a prompt, maybe with a sample picture or recording).
+
+async function loadModelCard() {
+  let card;
+  try {
+    card = await api.model();
+  } catch (err) {
+    return; // an older server or a hiccup: the empty page keeps its generic line, without suggestions
+  }
+  if (card.summary) el.modelSummary.textContent = card.summary;
+  el.modelLimits.textContent = card.limits || "";
+  el.modelLimits.hidden = !card.limits;
+  el.suggestions.replaceChildren(...(card.suggestions || []).map(suggestionButton));
+}
+
+function suggestionButton(s) {
+  const thumb = s.image_url ? h("img", { class: "suggestion-thumb", alt: "", "data-testid": "suggestion-image" }) : null;
+  if (thumb) setMediaSrc(thumb, s.image_url);
+  const button = h("button", { type: "button", class: "suggestion", "data-testid": "suggestion" },
+    h("div", { class: "suggestion-text" },
+      h("strong", { text: s.title }),
+      h("span", { text: s.detail || s.prompt })),
+    thumb,
+    s.audio_url ? h("span", { class: "suggestion-audio", "aria-label": "with a recording", html: icon("mic") }) : null);
+  button.addEventListener("click", () => useSuggestion(s, button));
+  return button;
+}
+
+/** Puts the suggestion's prompt in the composer and its sample files among the attachments. */
+async function useSuggestion(s, button) {
+  button.disabled = true;
+  try {
+    const files = [];
+    for (const url of [s.image_url, s.audio_url]) {
+      if (!url) continue;
+      const blob = await api.blob(url);
+      const name = url.split("/").slice(-2).join("-"); // "2-image"
+      files.push(new File([blob], name, { type: blob.type }));
+    }
+    if (files.length) addFiles(files);
+  } catch (err) {
+    toast(`Could not load the example: ${errorMessage(err)}`);
+  } finally {
+    button.disabled = false;
+  }
+  el.input.value = s.prompt || "";
+  autoGrow();
+  updateComposer();
+  el.input.focus();
 }
 
 // ───────────────────────────── microphone ─────────────────────────────
@@ -1158,7 +1203,7 @@ async function boot() {
     el.modelBadge.hidden = !state.defaults.model;
   }).catch((err) => toast(`Could not load the server's default settings: ${errorMessage(err)}`));
   await defaults; // a 401 here asks for the key once, before the other calls
-  await refreshConversations();
+  await Promise.all([refreshConversations(), loadModelCard()]);
   const id = idFromHash();
   if (id) await selectConversation(id, { push: false });
   if (!isPhone()) el.input.focus();

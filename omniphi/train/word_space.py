@@ -1,7 +1,7 @@
-"""What the starter's two pre-stages share (omniphi/starter/vision.py, omniphi/starter/audio.py):
-both train tokens to *be* SmolLM2 word embeddings, scored by cosine against a frozen copy of its
-input embeddings, with a learned softmax temperature as in CLIP, and kept as long as word
-embeddings (the LLM's layers expect that scale)."""
+"""What the word-space pre-stages share (the audio_words stage, omniphi/train/audio_words.py, and
+the starter's vision step, omniphi/starter/vision.py): both train tokens to *be* the LLM's word
+embeddings, scored by cosine against a frozen copy of its input embeddings, with a learned softmax
+temperature as in CLIP, and kept as long as word embeddings (the LLM's layers expect that scale)."""
 
 from __future__ import annotations
 
