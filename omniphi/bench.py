@@ -20,13 +20,13 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 
-import numpy as np
 import torch
 
 QUESTION = "What is in the image? Describe the picture in detail."
 FOLLOW_UP = "What colour is the circle?"
 STREAMS = 4
 DTYPES = ("float32", "bfloat16", "float16")
+QUANTIZE = ("none", "int8", "int4")
 
 
 @dataclass
@@ -47,28 +47,34 @@ class BenchResult:
 
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
-    from omniphi.cli import positive_int
+    from omniphi.cli_support import DEVICE_HELP, positive_int
 
-    parser.add_argument("--model", default="phi2-random", help="preset or model directory (default phi2-random)")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    parser.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16, or several comma-separated")
-    parser.add_argument("--quantize", default="none", help="none (int8/int4 come with the loading layer)")
+    parser.add_argument("--model", default="phi2-random", help="preset or model directory")
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
+    parser.add_argument("--dtype", default="auto",
+                        help="auto (what `omniphi ask` picks here), float32, bfloat16, float16; several comma-separated")
+    parser.add_argument("--quantize", default="none",
+                        help="none, int8, int4 (LLM weights only); several comma-separated, each run with every --dtype")
     parser.add_argument("--new-tokens", type=positive_int, default=16, help="tokens decoded per measurement")
     parser.add_argument("--json", action="store_true", help="one JSON object per configuration")
 
 
 def run_bench(args) -> int:
-    from omniphi.cli import CliError
+    from omniphi.cli_support import CliError
+    from omniphi.runtime.loading import preferred_defaults, resolve_choice
 
-    device = _device(args.device)
-    dtypes = [("bfloat16" if device.type == "cuda" else "float32") if d == "auto" else d
-              for d in args.dtype.split(",")]
-    bad = [d for d in dtypes if d not in DTYPES]
+    preferred = preferred_defaults(args.model)
+    device = resolve_choice(args.device, "float32", "none", preferred).device
+    bad = [d for d in args.dtype.split(",") if d not in ("auto", *DTYPES)]
     if bad:
         raise CliError(f"--dtype must be among auto, {', '.join(DTYPES)}; not {', '.join(bad)}")
-    if args.quantize != "none":
-        raise CliError(f"--quantize {args.quantize} is not available in this build (only none)")
-    results = bench(args.model, device=device, dtypes=dtypes, new_tokens=args.new_tokens)
+    bad = [q for q in args.quantize.split(",") if q not in QUANTIZE]
+    if bad:
+        raise CliError(f"--quantize must be among {', '.join(QUANTIZE)}; not {', '.join(bad)}")
+    dtypes = [str(resolve_choice(args.device, d, "none", preferred).dtype).removeprefix("torch.")
+              for d in args.dtype.split(",")]
+    configs = list(dict.fromkeys((d, q) for q in args.quantize.split(",") for d in dtypes))
+    results = bench(args.model, device=device, configs=configs, new_tokens=args.new_tokens)
     for result in results:
         print(json.dumps(asdict(result)) if args.json else _line(result), flush=True)
     return 0
@@ -76,15 +82,6 @@ def run_bench(args) -> int:
 
 def _progress(message: str) -> None:
     print(f"[bench] {message}", file=sys.stderr, flush=True)
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available here")
-    return device
 
 
 def _line(r: BenchResult) -> str:
@@ -117,10 +114,14 @@ def measure_bandwidth(device: torch.device, megabytes: int = 1024, repeats: int 
 
 
 def weight_bytes_per_token(language_model) -> int:
-    """Bytes of weights one decode step reads: every LLM weight except the input embedding table
-    (of which it reads one row)."""
+    """Bytes of weights one decode step reads: every LLM weight, quantised ones included (they are
+    buffers), except the input embedding table, of which it reads one row (unless the output head
+    shares it, then the head reads all of it)."""
     embedding = language_model.get_input_embeddings().weight
-    return sum(p.numel() * p.element_size() for p in language_model.parameters() if p is not embedding)
+    head = language_model.get_output_embeddings()
+    skip = set() if head is not None and head.weight is embedding else {id(embedding)}
+    tensors = {id(t): t for t in [*language_model.parameters(), *language_model.buffers()] if id(t) not in skip}
+    return sum(t.numel() * t.element_size() for t in tensors.values())
 
 
 def _picture():
@@ -213,30 +214,43 @@ def measure(assistant, new_tokens: int, device: torch.device) -> dict:
                 followup_prefilled_tokens=second.prompt_tokens - second.reused_tokens)
 
 
-def bench(spec: str, *, device: torch.device, dtypes: list[str], new_tokens: int = 16) -> list[BenchResult]:
-    """Load `spec` once in fp32 (the baseline), then convert it to each dtype in turn (widest first)."""
-    from omniphi import presets
+def bench(spec: str, *, device: torch.device, configs: list[tuple[str, str]], new_tokens: int = 16) -> list[BenchResult]:
+    """Load `spec` once in fp32 (the baseline), convert it to each unquantised dtype in turn (widest
+    first), then load it afresh for each quantised configuration (quantising needs the full weights).
+    Results come in the order of `configs`."""
+    import gc
+
     from omniphi.runtime.assistant import Assistant
+    from omniphi.runtime.loading import load, load_weights
 
     _progress(f"loading {spec} (float32)")
-    loaded = presets.load(spec, dtype=torch.float32)
+    loaded = load_weights(spec, dtype=torch.float32)
     loaded.model.to(device)
     bandwidth = measure_bandwidth(device)
     _progress(f"bandwidth {bandwidth:.1f} GB/s; baseline: transformers generate, float32")
     baseline_decode, baseline_ttft = baseline(loaded, new_tokens, device)
     _progress(f"baseline: decode {baseline_decode:.2f} tok/s, TTFT {baseline_ttft:.2f} s")
-    results = []
-    for dtype in sorted(dict.fromkeys(dtypes), key=lambda d: -getattr(torch, d).itemsize):
-        _progress(f"{dtype}: the Assistant")
-        loaded.model.to(getattr(torch, dtype))
-        assistant = Assistant(loaded)
-        numbers = measure(assistant, new_tokens, device)
-        bytes_per_token = weight_bytes_per_token(loaded.model.language_model)
-        results.append(BenchResult(
-            config=f"{dtype}" + ("" if device.type == "cpu" else f"@{device}"),
+
+    def result(model_loaded, dtype: str, quantize: str) -> BenchResult:
+        numbers = measure(Assistant(model_loaded), new_tokens, device)
+        bytes_per_token = weight_bytes_per_token(model_loaded.model.language_model)
+        return BenchResult(
+            config=dtype + ("" if quantize == "none" else f"+{quantize}") + ("" if device.type == "cpu" else f"@{device}"),
             decode_bound_tok_s=bandwidth * 1e9 / bytes_per_token, baseline_decode_tok_s=baseline_decode,
             baseline_ttft_s=baseline_ttft, bandwidth_gb_s=bandwidth, weight_bytes_per_token=bytes_per_token,
-            new_tokens=new_tokens, **numbers))
-        del assistant
-    order = {d: i for i, d in enumerate(dtypes)}
-    return sorted(results, key=lambda r: order.get(r.config.split("@")[0], 0))
+            new_tokens=new_tokens, **numbers)
+
+    results: dict[tuple[str, str], BenchResult] = {}
+    for dtype in sorted({d for d, q in configs if q == "none"}, key=lambda d: -getattr(torch, d).itemsize):
+        _progress(f"{dtype}: the Assistant")
+        loaded.model.to(getattr(torch, dtype))
+        results[dtype, "none"] = result(loaded, dtype, "none")
+    del loaded
+    gc.collect()  # a second copy of a Phi-2-sized model must not sit beside the quantised one
+    for dtype, quantize in [c for c in configs if c[1] != "none"]:
+        _progress(f"{dtype} + {quantize}: loading and quantising, then the Assistant")
+        quantized = load(spec, device=str(device), dtype=dtype, quantize=quantize)
+        results[dtype, quantize] = result(quantized, dtype, quantize)
+        del quantized
+        gc.collect()
+    return [results[c] for c in configs]

@@ -29,3 +29,15 @@ def test_bench_prints_one_json_object_per_configuration(capsys):
 def test_bench_rejects_an_unknown_dtype_in_one_line(capsys):
     assert main(["bench", "--model", "tiny", "--dtype", "float8"]) == 2
     assert "--dtype must be among" in capsys.readouterr().err
+
+
+def test_bench_measures_quantised_configurations_against_the_same_baseline(capsys):
+    assert main(["bench", "--model", "tiny", "--new-tokens", "3", "--dtype", "float32", "--quantize", "none,int8",
+                 "--json"]) == 0
+    results = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert [r["config"] for r in results] == ["float32", "float32+int8"]
+    plain, int8 = results
+    assert plain["baseline_decode_tok_s"] == int8["baseline_decode_tok_s"]  # one baseline per run
+    # int8 weights are read instead of fp32 ones: fewer bytes per token, a higher bound
+    assert int8["weight_bytes_per_token"] < plain["weight_bytes_per_token"]
+    assert int8["decode_bound_tok_s"] > plain["decode_bound_tok_s"]

@@ -86,12 +86,13 @@ def test_chat_repl_commands(tmp_path):
 
 def test_chat_audio_line_alone_sends_the_clip_as_the_question(monkeypatch, capsys, tmp_path):
     from omniphi import cli
-    from omniphi.chat import Done, Token
+    from omniphi.chat import Done, GenerationSettings, Token
 
     asked = []
 
     class Recorder:
         name = "recorder"
+        generation_defaults = GenerationSettings()
 
         def stream(self, messages, settings, audio_mode):
             asked.append([part["type"] for part in messages[-1]["content"]])
