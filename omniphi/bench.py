@@ -197,8 +197,11 @@ def measure(assistant, new_tokens: int, device: torch.device) -> dict:
         batch = assistant.new_batch()
         for sequence in sequences:
             batch.add(sequence)
-        _, seconds = _timed(lambda: [batch.step() for _ in iter(lambda: len(batch), 0)] and _sync(device))
-        return sum(len(s.token_ids) - 1 for s in sequences) / seconds
+        started = time.perf_counter()
+        while len(batch):
+            batch.step()
+        _sync(device)
+        return sum(len(s.token_ids) - 1 for s in sequences) / (time.perf_counter() - started)
 
     decode([start([_user("Warm up.")])])  # first calls pay for allocations and kernel choices
     first = [_user(_picture(), QUESTION)]

@@ -41,3 +41,18 @@ def test_bench_measures_quantised_configurations_against_the_same_baseline(capsy
     # int8 weights are read instead of fp32 ones: fewer bytes per token, a higher bound
     assert int8["weight_bytes_per_token"] < plain["weight_bytes_per_token"]
     assert int8["decode_bound_tok_s"] > plain["decode_bound_tok_s"]
+
+
+def test_phi2_random_has_the_sizes_of_phi2_clip_l_336_and_whisper_tiny():
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM, CLIPVisionConfig, CLIPVisionModel, PhiConfig, WhisperConfig
+
+    from omniphi.weights.phi2_random import CLIP_L_336, PHI2, WHISPER_TINY
+
+    with init_empty_weights():  # sizes only: nothing is allocated
+        llm = AutoModelForCausalLM.from_config(PhiConfig(**PHI2))
+        tower = CLIPVisionModel(CLIPVisionConfig(**CLIP_L_336))
+    assert sum(p.numel() for p in llm.parameters()) == 2_779_683_840  # microsoft/phi-2
+    assert sum(p.numel() for p in tower.parameters()) == 303_507_456  # ViT-L/14 (303,179,776) + 320 positions × 1024
+    assert (CLIP_L_336["image_size"] // CLIP_L_336["patch_size"]) ** 2 == 576
+    assert WhisperConfig(**WHISPER_TINY).d_model == 384
