@@ -3,8 +3,9 @@
     HF_HUB_OFFLINE=1 .venv/bin/python bench/startup.py [--runs 3]
 
 Each command runs --runs times in a fresh process, the commands interleaved so that machine noise
-falls on all of them alike; the median wall time is printed. Then, in one process, Whisper transcribes
-the same clip with transformers' own token-ban processors and with omniphi.asr.SuppressTokens.
+falls on all of them alike; the median wall time is printed. Then, in one process, the loaded starter
+answers a typed and a spoken question, and Whisper transcribes the same clip with transformers' own
+token-ban processors and with omniphi.asr.SuppressTokens.
 Timings on a shared machine vary up to 4x: compare the numbers of one run.
 """
 
@@ -64,12 +65,45 @@ def time_token_bans(runs: int) -> tuple[float, float]:
     return statistics.median(stock), statistics.median(ours)
 
 
+def time_answers(runs: int) -> dict[str, float]:
+    """One loaded starter: a typed question vs the same question spoken (native audio, whose transcript
+    is shown too), interleaved; median seconds per answer."""
+    from omniphi.chat import GenerationSettings
+    from omniphi.media import load_audio
+    from omniphi.runtime.assistant import Assistant
+
+    assistant = Assistant.load("starter")
+    clip = load_audio(CLIP)
+    settings = GenerationSettings(max_new_tokens=16)
+    times: dict[str, list[float]] = {"typed question": [], "spoken question (native, with transcript)": []}
+    for run in range(runs):
+        # A clip that differs in its last sample each run: the assistant's caches never answer for it.
+        spoken = clip.copy()
+        spoken[-1] += 1e-4 * (run + 1)
+        questions = {
+            "typed question": [{"role": "user", "content": "What is the capital of France?"}],
+            "spoken question (native, with transcript)": [{"role": "user", "content": [
+                {"type": "audio", "audio": spoken}]}],
+        }
+        for name, messages in questions.items():
+            started = time.perf_counter()
+            for _event in assistant.stream(messages, settings, audio_mode="native"):
+                pass
+            times[name].append(time.perf_counter() - started)
+    return {name: statistics.median(seconds) for name, seconds in times.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--no-cli", action="store_true", help="skip the fresh-process CLI timings")
     args = parser.parse_args()
-    for name, seconds in time_commands(args.runs).items():
-        print(f"{name:48s} median {statistics.median(seconds):6.1f} s   runs: {', '.join(f'{s:.1f}' for s in seconds)}")
+    if not args.no_cli:
+        for name, seconds in time_commands(args.runs).items():
+            print(f"{name:48s} median {statistics.median(seconds):6.1f} s   runs: "
+                  f"{', '.join(f'{s:.1f}' for s in seconds)}")
+    for name, seconds in time_answers(args.runs).items():
+        print(f"answer to a {name}: median {seconds:.2f} s")
     stock, ours = time_token_bans(args.runs)
     print(f"Whisper transcription of capital.wav: transformers' token bans {stock:.2f} s, "
           f"SuppressTokens {ours:.2f} s ({stock / ours:.1f}x)")

@@ -21,6 +21,11 @@ NOISY_LOG_RECORDS = (
     ("torchao", r"Failed to load \S*torchao/_C_\w*\.\S*\.so: Could not load this library"),
     ("torchao.kernel.intmm", r"Detected no triton"),
     ("torch.utils._pytree", r"<enum '\w+'> is an Enum subclass and is now natively supported by torch\.compile"),
+    # omniphi grows the starter LLM's embeddings for <image>/<audio> on purpose (presets.assemble).
+    ("transformers.modeling_utils", r"^The new embeddings will be initialized from a multivariate normal distribution"),
+    # transformers' own Whisper generate hands its token bans to the generic generate as arguments.
+    ("transformers.generation.utils", r"^Passing `generation_config` together with generation-related "
+                                      r"arguments=\(\{'(begin_)?suppress_tokens', '(begin_)?suppress_tokens'\}\)"),
 )
 
 # (category, message pattern, module): warnings.warn calls that are noise.

@@ -42,3 +42,16 @@ def test_loading_peft_and_a_lora_prints_no_library_warning():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "gemm_4bit_forward" not in done.stderr and "is_gradient_checkpointing" not in done.stderr, done.stderr
+
+
+def test_transformers_info_about_omniphi_s_own_choices_is_dropped_but_other_generation_warnings_stay(caplog):
+    logger = logging.getLogger("transformers.generation.utils")
+    with caplog.at_level(logging.WARNING):
+        logger.warning("Passing `generation_config` together with generation-related arguments=({'suppress_tokens', "
+                       "'begin_suppress_tokens'}) is deprecated")
+        logger.warning("Passing `generation_config` together with generation-related arguments=({'temperature'}) "
+                       "is deprecated")
+        logging.getLogger("transformers.modeling_utils").warning(
+            "The new embeddings will be initialized from a multivariate normal distribution that has old embeddings'")
+    assert [r.getMessage() for r in caplog.records] == [
+        "Passing `generation_config` together with generation-related arguments=({'temperature'}) is deprecated"]
