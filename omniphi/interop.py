@@ -16,8 +16,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlavaConfig, LlavaForConditionalGeneration
 
 from omniphi.presets import LoadedModel, assemble
-from omniphi.processing import OmniProcessor
-from omniphi.templates import DEFAULT_SYSTEM_PROMPT
+from omniphi.templates import jinja_chat_template
 
 _TO_LLAVA = [  # (omniphi prefix, transformers v5 Llava prefix)
     ("language_model.lm_head.", "lm_head."),
@@ -32,64 +31,6 @@ def _rename(key: str) -> str | None:
         if key.startswith(ours):
             return theirs + key[len(ours):]
     return None  # audio parts
-
-
-# Renders one message's content as omniphi's templates do (omniphi.templates.render_content): a string
-# as it is; a list of parts in order, text as text and each image as "<image>\n". Takes both the
-# llava-hf part shapes ({"type": "image"}, {"type": "image", "url": ...}) and plain strings.
-_FLATTEN_MACRO = """\
-{%- macro omniphi_content(message) -%}
-{%- if message['content'] is string -%}{{ message['content'] }}
-{%- else -%}{%- for part in message['content'] -%}
-{%- if part['type'] == 'text' -%}{{ part['text'] }}
-{%- elif part['type'] == 'image' -%}{{ IMAGE_TOKEN }}{{ '\\n' }}
-{%- else -%}{{ raise_exception('this model takes text and image parts, not ' ~ part['type']) }}
-{%- endif -%}{%- endfor -%}{%- endif -%}
-{%- endmacro -%}
-"""
-
-# The tokenizer's own template, run on the flattened messages (so it sees strings, as it expects).
-_FLATTENED_MESSAGES = """\
-{%- set omniphi = namespace(messages=[]) -%}
-{%- for message in messages -%}
-{%- set omniphi.messages = omniphi.messages + [{'role': message['role'], 'content': omniphi_content(message)}] -%}
-{%- endfor -%}
-{%- set messages = omniphi.messages -%}
-"""
-
-# omniphi.templates.llava_phi as Jinja: "{system} USER: {q} ASSISTANT: {a}EOS" (Phi-2 has no template).
-_LLAVA_PHI = """\
-{%- if messages and messages[0]['role'] == 'system' -%}
-{%- set system = omniphi_content(messages[0]) -%}{%- set turns = messages[1:] -%}
-{%- else -%}{%- set system = DEFAULT_SYSTEM -%}{%- set turns = messages -%}{%- endif -%}
-BOS{{ system }}{{ ' ' }}
-{%- for message in turns -%}
-{%- if message['role'] == 'user' -%}USER: {{ omniphi_content(message) }}
-{%- if add_generation_prompt or not loop.last %} ASSISTANT:{% endif -%}
-{%- elif message['role'] == 'assistant' -%}{{ ' ' }}{{ omniphi_content(message) }}{{ eos_token }}
-{%- else -%}{{ raise_exception('role ' ~ message['role'] ~ ' cannot appear after the first message') }}
-{%- endif -%}
-{%- endfor -%}
-"""
-
-
-def llava_chat_template(processor: OmniProcessor) -> str:
-    """A Jinja chat template that renders a conversation exactly as `processor` does, for a
-    llava-hf processor: message content may be a string (with "<image>" written in it) or a list
-    of {"type": "text"} / {"type": "image"} parts, the format every llava-hf checkpoint accepts."""
-    macro = _FLATTEN_MACRO.replace("IMAGE_TOKEN", _jinja_string(processor.image_token))
-    if processor.template == "tokenizer":
-        return macro + _FLATTENED_MESSAGES + processor.tokenizer.chat_template
-    if processor.template == "llava-phi":
-        bos = "{{ bos_token }}" if processor._wants_bos() else ""
-        body = _LLAVA_PHI.replace("DEFAULT_SYSTEM", _jinja_string(DEFAULT_SYSTEM_PROMPT)).replace("BOS", bos, 1)
-        return macro + body
-    raise ValueError(f"no llava-hf chat template for omniphi's {processor.template!r} template")
-
-
-def _jinja_string(text: str) -> str:
-    """`text` as a Jinja string literal."""
-    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def llava_config(loaded: LoadedModel) -> LlavaConfig:
@@ -146,7 +87,7 @@ def export_llava_hf(loaded: LoadedModel, out_dir: str | Path) -> Path:
         vision_feature_select_strategy=config.vision_feature_select_strategy,
         image_token=loaded.model.config.image_token,
         num_additional_image_tokens=1 if config.vision_config.model_type.startswith("clip") else 0,
-        chat_template=llava_chat_template(loaded.processor),
+        chat_template=jinja_chat_template(loaded.processor, with_audio=False),
     )
     processor.save_pretrained(out_dir)
     return out_dir
