@@ -6,7 +6,7 @@ aggregate decode throughput of --streams concurrent streams. Greedy, same prompt
 
     .venv-vllm/bin/python bench/serving_engines.py --model-dir runs/starter-merged
 
-(omniphi's server runs from .venv, vLLM from .venv-vllm; `make setup vllm-venv` creates both.)
+(omniphi's server runs from .venv's `omniphi`, vLLM from .venv-vllm; `make setup vllm-venv` creates both.)
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -90,15 +91,15 @@ def measure(port: int, max_tokens: int, repeats: int, streams: int) -> dict[str,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model-dir", required=True)
-    parser.add_argument("--omniphi-python", default=str(ROOT / ".venv" / "bin" / "python"))
+    parser.add_argument("--omniphi-cli", default=str(ROOT / ".venv" / "bin" / "omniphi"))
     parser.add_argument("--vllm-python", default=sys.executable)
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--streams", type=int, default=4)
     args = parser.parse_args()
     engines = {
-        "omniphi": lambda port: [args.omniphi_python, "-m", "omniphi", "serve", "--model", args.model_dir,
-                                 "--port", str(port)],
+        "omniphi": lambda port: [args.omniphi_cli, "serve", "--model", args.model_dir, "--port", str(port),
+                                 "--data-dir", tempfile.mkdtemp(prefix="omniphi-bench-")],
         "vllm": lambda port: [args.vllm_python, "-m", "omniphi.vllm", "serve", args.model_dir, "--port", str(port),
                               "--dtype", "float32", "--max-model-len", "2048", "--enforce-eager"],
     }
