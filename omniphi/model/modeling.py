@@ -40,11 +40,17 @@ class OmniPreTrainedModel(PreTrainedModel):
                         nn.init.zeros_(sub.bias)
 
 
-class OmniForConditionalGeneration(OmniPreTrainedModel, GenerationMixin):
-    def __init__(self, config: OmniConfig):
-        super().__init__(config)
+class MediaEncoders:
+    """The image and audio paths from pixels / log-mel windows to LLM embeddings.
+
+    Shared by `OmniForConditionalGeneration` and the vLLM model in `omniphi.vllm`, so both compute
+    the same features from the same weights. Needs `config` (an OmniConfig) and the modules
+    `vision_tower`, `multi_modal_projector`, `audio_tower`, `audio_projector` (None where absent),
+    which `init_media_modules` creates.
+    """
+
+    def init_media_modules(self, config: OmniConfig) -> None:
         text_hidden = config.text_config.hidden_size
-        self.language_model = AutoModelForCausalLM.from_config(config.text_config)
         self.vision_tower = None
         self.multi_modal_projector = None
         if config.vision_config is not None:
@@ -59,27 +65,7 @@ class OmniForConditionalGeneration(OmniPreTrainedModel, GenerationMixin):
             self.audio_projector = AudioProjector(
                 config.audio_config.d_model, text_hidden, config.audio_stack_factor, config.audio_projector_hidden_size
             )
-        self.post_init()
 
-    # -- plumbing transformers and peft expect -------------------------------------------------
-    def get_input_embeddings(self):
-        return self.language_model.get_input_embeddings()
-
-    def set_input_embeddings(self, value):
-        self.language_model.set_input_embeddings(value)
-
-    def get_output_embeddings(self):
-        return self.language_model.get_output_embeddings()
-
-    def set_output_embeddings(self, value):
-        self.language_model.set_output_embeddings(value)
-
-    def resize_token_embeddings(self, *args, **kwargs):
-        embeddings = self.language_model.resize_token_embeddings(*args, **kwargs)
-        self.config.text_config.vocab_size = self.language_model.config.vocab_size
-        return embeddings
-
-    # -- encoders ---------------------------------------------------------------------------------
     def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """[n_images, 3, H, W] → [n_images, image_seq_length, llm_hidden]."""
         return self.multi_modal_projector(self.vision_features(pixel_values))
@@ -113,6 +99,32 @@ class OmniForConditionalGeneration(OmniPreTrainedModel, GenerationMixin):
             stacked = stack_frames(frames, self.config.audio_stack_factor)
             clips.append(self.audio_projector(stacked.to(self.audio_projector.linear_1.weight.dtype)))
         return clips
+
+
+class OmniForConditionalGeneration(MediaEncoders, OmniPreTrainedModel, GenerationMixin):
+    def __init__(self, config: OmniConfig):
+        super().__init__(config)
+        self.language_model = AutoModelForCausalLM.from_config(config.text_config)
+        self.init_media_modules(config)
+        self.post_init()
+
+    # -- plumbing transformers and peft expect -------------------------------------------------
+    def get_input_embeddings(self):
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.language_model.set_input_embeddings(value)
+
+    def get_output_embeddings(self):
+        return self.language_model.get_output_embeddings()
+
+    def set_output_embeddings(self, value):
+        self.language_model.set_output_embeddings(value)
+
+    def resize_token_embeddings(self, *args, **kwargs):
+        embeddings = self.language_model.resize_token_embeddings(*args, **kwargs)
+        self.config.text_config.vocab_size = self.language_model.config.vocab_size
+        return embeddings
 
     def _scatter(self, input_ids, embeds, token_id, features, what):
         mask = input_ids == token_id
