@@ -126,7 +126,7 @@ def cmd_chat(args) -> int:
         history.append({"role": "assistant", "content": answer})
 
 
-# Presets whose speech recogniser is the packaged Whisper tiny.en (as omniphi.presets.load_transcriber
+# Presets whose speech recogniser is the packaged Whisper tiny.en (as omniphi.presets.load_preset_transcriber
 # says): `omniphi transcribe` loads it without importing the presets module and its LLM side (~2x the imports).
 _PACKAGED_WHISPER_PRESETS = ("starter", "starter-base")
 

@@ -136,7 +136,9 @@ def test_exported_tiny_model_generates_what_omniphi_generates(tiny, tmp_path):
 
 @pytest.mark.slow
 def test_exported_starter_answers_a_picture_question_as_omniphi_ask(tmp_path):
-    loaded = presets.load("starter")
+    from omniphi.runtime.loading import load_weights
+
+    loaded = load_weights("starter")
     export_llava_hf(loaded, tmp_path)
     picture = Image.open(FIXTURES / "starter-shapes" / "circle.png").convert("RGB")
     messages = [{"role": "user", "content": [{"type": "image", "image": picture},

@@ -167,13 +167,14 @@ WRITE_TINY = """
 import sys, torch
 from transformers import AutoModelForCausalLM
 from omniphi import presets
+from omniphi.runtime.loading import save_directory
 language_model, tokenizer, vision_tower, whisper = presets.tiny_parts("chatml")
 language_model.config.num_attention_heads = language_model.config.num_key_value_heads = 2
 language_model.config.head_dim = language_model.config.hidden_size // 2
 torch.manual_seed(0)
 language_model = AutoModelForCausalLM.from_config(language_model.config)
 model, processor = presets.assemble(language_model, tokenizer, vision_tower=vision_tower, whisper=whisper)
-presets.save_directory(presets.LoadedModel(model, processor, None, "omniphi-tiny"), sys.argv[1])
+save_directory(presets.LoadedModel(model, processor, None, "omniphi-tiny"), sys.argv[1])
 """
 
 
