@@ -68,7 +68,11 @@ def resolve_choice(device: str, dtype: str | torch.dtype, quantize: str, preferr
         quantize = preferred.get("quantize", "none")
     if quantize not in QUANTIZATIONS:
         raise ModelSpecError(f"quantize must be one of {', '.join(QUANTIZATIONS)} or auto, not {quantize!r}")
-    target = resolve_device(preferred.get("device", "auto") if device == "auto" else device)
+    if device == "auto":
+        device = preferred.get("device", "auto")
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            device = "auto"  # a model's wish for a GPU on a machine without one is no error
+    target = resolve_device(device)
     if dtype == "auto":
         dtype = preferred.get("dtype", "auto")
     return RuntimeChoice(target, resolve_dtype(dtype, target), quantize)

@@ -102,9 +102,10 @@ class Int4WeightOnlyLinear(nn.Module):
 
 
 def _pack_int4(q: torch.Tensor, device: torch.device) -> torch.Tensor:
-    if device.type == "cuda":
+    if device.type == "cuda":  # untested here (no GPU): the layout torch's CUDA kernel documents
         packed = ((q[:, ::2] << 4) | q[:, 1::2]).to(torch.uint8)
-        return torch.ops.aten._convert_weight_to_int4pack(packed, 8)
+        inner_k_tiles = next(t for t in (8, 4, 2) if q.shape[1] % (t * 16) == 0)
+        return torch.ops.aten._convert_weight_to_int4pack(packed, inner_k_tiles)
     return torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
 
 

@@ -173,3 +173,10 @@ def test_bf16_slower_at_decode_keeps_float32(monkeypatch, tmp_path):
 
 def test_missing_weights_is_a_user_error():
     assert is_user_error(presets.MissingWeightsError("x"))
+
+
+def test_a_models_wish_for_a_gpu_falls_back_to_the_cpu_without_one(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert loading.resolve_choice("auto", "float32", "none", {"device": "cuda"}).device == torch.device("cpu")
+    with pytest.raises(DeviceError):  # the user's own --device cuda stays an error
+        loading.resolve_choice("cuda", "float32", "none", {})
