@@ -11,7 +11,6 @@ from typing import Iterator
 
 import numpy as np
 
-from omniphi.runtime.assistant import Assistant
 from omniphi.chat import AudioMode, Conversation, Done, GenerationSettings, Token, Transcript, content_parts, message_text
 
 IMAGE_ANSWER = """That's a **sunset over rolling hills**: a warm orange sky fading to pink, a pale yellow sun,
@@ -50,7 +49,7 @@ It runs in **O(n)** time. Want a version that streams over a file without loadin
 FALLBACK = "Paris is the capital of France. It has been the country's capital since 987."
 
 
-class DemoAssistant(Assistant):
+class DemoAssistant:
     name = "scripted-demo"  # README screenshots show layout, not a real model's answers
 
     def __init__(self, token_delay: float = 0.03):

@@ -11,7 +11,7 @@ import time
 import pytest
 from playwright.sync_api import Page, expect
 
-from omniphi.chat import Done, Token, message_text
+from omniphi.chat import Done, GenerationSettings, Token, message_text
 
 from .conftest import Server, new_page, start_server
 from .test_page import assert_no_page_errors, make_png, open_app, send, wait_for_answer
@@ -81,6 +81,8 @@ class HostileAssistant:
 
     name = "hostile"
     transcriber = None
+    generation_defaults = GenerationSettings()
+    card = None
 
     def transcribe(self, audio):
         return ""
