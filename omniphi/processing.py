@@ -124,6 +124,17 @@ class OmniProcessor:
         pixels = (np.asarray(image, dtype=np.float32) / 255.0 - mean) / std
         return torch.from_numpy(pixels.transpose(2, 0, 1).copy())
 
+    def clip_windows(self, clips: list[np.ndarray]) -> tuple[list[torch.Tensor], list[int], list[int]]:
+        """Several clips' log-mel windows, one list, with each clip's number of windows and of audio
+        tokens (what its `<audio>` expands to)."""
+        windows, windows_per_clip, tokens_per_clip = [], [], []
+        for clip in clips:
+            clip_windows = self.audio_windows(clip)
+            windows += clip_windows
+            windows_per_clip.append(len(clip_windows))
+            tokens_per_clip.append(audio_token_count([w.shape[-1] for w in clip_windows], self.config.audio_stack_factor))
+        return windows, windows_per_clip, tokens_per_clip
+
     def audio_windows(self, audio: np.ndarray) -> list[torch.Tensor]:
         """16 kHz mono → log-mel windows of at most 30 s, each at its real length [n_mels, frames]."""
         if self.feature_extractor is None:
@@ -176,13 +187,7 @@ class OmniProcessor:
             if images
             else torch.zeros(0, 3, self.config.image_size or 1, self.config.image_size or 1)
         )
-        audio_windows, clip_windows, audio_counts = [], [], []
-        for clip in clips:
-            windows = self.audio_windows(clip)
-            audio_windows += windows
-            clip_windows.append(len(windows))
-            audio_counts.append(audio_token_count([w.shape[-1] for w in windows], self.config.audio_stack_factor))
-
+        audio_windows, clip_windows, audio_counts = self.clip_windows(clips)
         ids, labels = self._expand_placeholders(ids, labels, len(images), audio_counts)
         if max_length is not None and len(ids) > max_length:
             ids, labels = self._truncate(ids, labels, max_length, with_labels)

@@ -109,12 +109,7 @@ class OmniMultiModalProcessor(BaseMultiModalProcessor[OmniProcessingInfo]):
             out["pixel_values"] = torch.stack([processor.preprocess_image(image) for image in images])
         clips = hf_data.get("audio") or []
         if clips:
-            windows, windows_per_clip, tokens_per_clip = [], [], []
-            for clip in clips:
-                clip_windows = processor.audio_windows(clip)
-                windows += clip_windows
-                windows_per_clip.append(len(clip_windows))
-                tokens_per_clip.append(audio_token_count([w.shape[-1] for w in clip_windows], processor.config.audio_stack_factor))
+            windows, windows_per_clip, tokens_per_clip = processor.clip_windows(clips)
             out["audio_features"], out["audio_feature_lengths"] = pad_audio_windows(windows)
             out["audio_clip_windows"] = torch.tensor(windows_per_clip)
             out["audio_token_count"] = torch.tensor(tokens_per_clip)

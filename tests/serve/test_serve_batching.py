@@ -45,11 +45,8 @@ def submit_together(engine: Engine, requests: list[ChatRequest]):
         return [engine.submit(r) for r in requests]
 
 
-def test_concurrent_greedy_requests_decode_together_and_answer_as_alone(tiny, assistant, batch_sizes):
-    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (30, 30, 3), dtype=np.uint8))
-    requests = [request("Hi!", max_new_tokens=12), request(image, "What is this?", max_new_tokens=9),
-                request(tone(0.6), "Listen.", max_new_tokens=14), request("Count to ten.", max_new_tokens=5)]
-    alone = [Assistant(tiny).complete(r.messages, r.settings) for r in requests]
+def answer_together(assistant, requests: list[ChatRequest]):
+    """Submit all at once to a batching engine, wait for every answer, stop the engine: the jobs."""
     engine = Engine(assistant, max_batch=4)
     try:
         jobs = submit_together(engine, requests)
@@ -57,6 +54,15 @@ def test_concurrent_greedy_requests_decode_together_and_answer_as_alone(tiny, as
             list(job)
     finally:
         engine.stop()
+    return jobs
+
+
+def test_concurrent_greedy_requests_decode_together_and_answer_as_alone(tiny, assistant, batch_sizes):
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (30, 30, 3), dtype=np.uint8))
+    requests = [request("Hi!", max_new_tokens=12), request(image, "What is this?", max_new_tokens=9),
+                request(tone(0.6), "Listen.", max_new_tokens=14), request("Count to ten.", max_new_tokens=5)]
+    alone = [Assistant(tiny).complete(r.messages, r.settings) for r in requests]
+    jobs = answer_together(assistant, requests)
     assert [j.result.text for j in jobs] == [r.text for r in alone]
     assert [j.result.done.completion_tokens for j in jobs] == [r.completion_tokens for r in alone]
     assert max(batch_sizes) == 4
@@ -68,13 +74,7 @@ def test_each_member_samples_with_its_own_settings(tiny, assistant, batch_sizes)
                 request("Say something.", max_new_tokens=10, temperature=0.8, top_p=0.6, seed=5),
                 request("Say something.", max_new_tokens=10, stop=["e"])]
     alone = [Assistant(tiny).complete(r.messages, r.settings).text for r in requests]
-    engine = Engine(assistant, max_batch=4)
-    try:
-        jobs = submit_together(engine, requests)
-        for job in jobs:
-            list(job)
-    finally:
-        engine.stop()
+    jobs = answer_together(assistant, requests)
     assert [j.result.text for j in jobs] == alone
     assert alone[0] != alone[1]
     assert "e" not in alone[3]
