@@ -96,6 +96,10 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load_assistant(args: argparse.Namespace):
     """The Assistant for --model/--device/--dtype/--quantize (timing on stderr with OMNIPHI_TIMING=1)."""
+    from omniphi.weights.hub import start_probe_for
+
+    start_probe_for(args.model)  # a preset from the hub: ask it while the libraries below import
+
     from transformers.utils import logging as hf_logging
 
     from omniphi.runtime.assistant import Assistant

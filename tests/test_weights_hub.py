@@ -58,6 +58,29 @@ def test_a_hub_that_answers_is_reachable():
         server.shutdown()
 
 
+def test_a_probe_started_early_is_the_one_later_asked(black_hole, monkeypatch):
+    """The CLI starts the probe for a hub preset before torch imports; loading then waits on that
+    same request instead of sending another (and paying its timeout again)."""
+    url, requests = black_hole
+    monkeypatch.setattr(hub, "hub_endpoint", lambda: url)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(hub, "hub_offline_by_setting", lambda: False)
+    hub.start_probe_for("starter")  # packaged weights: no request
+    hub.start_probe_for("tiny")
+    assert url not in hub._probes
+    hub.start_probe_for("phi2")
+    assert url in hub._probes
+    assert not hub.hub_reachable(timeout=0.3)
+    assert requests == ["HEAD / HTTP/1.1"]  # one request for both
+
+
+def test_no_probe_when_the_hub_is_off_by_setting(monkeypatch):
+    monkeypatch.setattr(hub, "hub_offline_by_setting", lambda: True)
+    before = dict(hub._probes)
+    hub.start_probe_for("phi2")
+    assert hub._probes == before
+
+
 def test_refused_and_silent_endpoints_are_unreachable(black_hole):
     with socket.socket() as closed:  # a port nobody listens on: refused at once
         closed.bind(("127.0.0.1", 0))

@@ -28,17 +28,24 @@ def hub_endpoint() -> str:
     return constants.ENDPOINT
 
 
-def hub_reachable(endpoint: str | None = None, timeout: float = PROBE_TIMEOUT_S) -> bool:
-    """True when an HTTP request to the hub's endpoint gets any answer within `timeout` seconds.
+# Presets whose parts are hub repos (omniphi.presets.PHI2_PARTS): the CLI starts their probe early.
+PRESETS_FROM_HUB = ("phi2",)
 
-    The request runs in a daemon thread so that a slow DNS lookup, which no socket timeout covers,
-    cannot hold the caller longer either. Proxies in the environment are used, as the hub client
-    would use them.
-    """
+_probes: dict[str, threading.Event] = {}  # endpoint → set once the hub answered
+
+
+def start_probe(endpoint: str | None = None, timeout: float = PROBE_TIMEOUT_S) -> threading.Event:
+    """Begin asking the hub in a daemon thread (once per endpoint and process), so the answer can
+    come while torch and transformers import; the Event is set if the hub answered within `timeout`.
+
+    A thread, because a slow DNS lookup is covered by no socket timeout. Proxies in the environment
+    are used, as the hub client would use them."""
     import httpx
 
     endpoint = endpoint or hub_endpoint()
-    answered = threading.Event()
+    if endpoint in _probes:
+        return _probes[endpoint]
+    answered = _probes[endpoint] = threading.Event()
 
     def probe():
         try:
@@ -48,4 +55,16 @@ def hub_reachable(endpoint: str | None = None, timeout: float = PROBE_TIMEOUT_S)
         answered.set()
 
     threading.Thread(target=probe, name="hub-probe", daemon=True).start()
-    return answered.wait(timeout)
+    return answered
+
+
+def start_probe_for(spec: str) -> None:
+    """Start the probe now if `spec` is a preset that loads from the hub and the hub is not off."""
+    if spec in PRESETS_FROM_HUB and not hub_offline_by_setting():
+        start_probe()
+
+
+def hub_reachable(endpoint: str | None = None, timeout: float = PROBE_TIMEOUT_S) -> bool:
+    """True when an HTTP request to the hub's endpoint got any answer: the probe `start_probe`
+    started (or starts now), waited for at most `timeout` seconds more."""
+    return start_probe(endpoint, timeout).wait(timeout)
