@@ -25,8 +25,6 @@ import torch
 QUESTION = "What is in the image? Describe the picture in detail."
 FOLLOW_UP = "What colour is the circle?"
 STREAMS = 4
-DTYPES = ("float32", "bfloat16", "float16")
-QUANTIZE = ("none", "int8", "int4")
 
 
 @dataclass
@@ -61,16 +59,18 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_bench(args) -> int:
     from omniphi.cli_support import CliError
+    from omniphi.runtime.devices import DTYPES
     from omniphi.runtime.loading import preferred_defaults, resolve_choice
+    from omniphi.runtime.quantize import QUANTIZATIONS
 
     preferred = preferred_defaults(args.model)
     device = resolve_choice(args.device, "float32", "none", preferred).device
     bad = [d for d in args.dtype.split(",") if d not in ("auto", *DTYPES)]
     if bad:
         raise CliError(f"--dtype must be among auto, {', '.join(DTYPES)}; not {', '.join(bad)}")
-    bad = [q for q in args.quantize.split(",") if q not in QUANTIZE]
+    bad = [q for q in args.quantize.split(",") if q not in QUANTIZATIONS]
     if bad:
-        raise CliError(f"--quantize must be among {', '.join(QUANTIZE)}; not {', '.join(bad)}")
+        raise CliError(f"--quantize must be among {', '.join(QUANTIZATIONS)}; not {', '.join(bad)}")
     dtypes = [str(resolve_choice(args.device, d, "none", preferred).dtype).removeprefix("torch.")
               for d in args.dtype.split(",")]
     configs = list(dict.fromkeys((d, q) for q in args.quantize.split(",") for d in dtypes))

@@ -77,7 +77,7 @@ def _data_ready(root: Path) -> bool:
 # The chat template's default system prompt (the CLI, eval), the server's default (the web page)
 # and a plain one: the served model must not depend on which one it gets.
 def _system_prompts() -> tuple[str | None, ...]:
-    from omniphi.serve.app import ServeConfig
+    from omniphi.serve.state import ServeConfig
 
     return (None, ServeConfig().system_prompt, "You are a helpful assistant.")
 
