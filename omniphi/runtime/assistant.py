@@ -17,14 +17,12 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-from collections import OrderedDict
 from typing import Iterator
 
 import numpy as np
 import torch
 
 from omniphi import presets
-from omniphi.errors import UserError
 from omniphi.chat import (
     AudioMode,
     Conversation,
@@ -34,7 +32,6 @@ from omniphi.chat import (
     Reply,
     Token,
     Transcript,
-    content_parts,
 )
 from omniphi.model.audio_encoder import audio_token_count
 from omniphi.model.modeling import PlaceholderMismatchError
@@ -42,14 +39,11 @@ from omniphi.model_card import generation_defaults
 from omniphi.processing import EncodedSample, SampleTooLongError, pad_audio_windows
 from omniphi.runtime.caches import MediaCache, PrefixCache
 from omniphi.runtime.decoding import KV, DecodeBatch, Sequence, new_cache
+from omniphi.runtime.transcripts import TranscriptCache, TranscriptionUnavailableError, prepare_audio
 from omniphi.trimming import PromptCancelled, fit_prompt
 
 KV_CACHE_BYTES = 2 << 30  # key/values of recent conversations (Phi-2 in bf16: ~0.33 MB per token)
 MEDIA_CACHE_BYTES = 512 << 20  # projected image/audio features (Phi-2: 5.9 MB per image in fp32)
-
-
-class TranscriptionUnavailableError(UserError, RuntimeError):
-    """The loaded model has no Whisper decoder (e.g. the random `tiny` preset)."""
 
 
 class Assistant:
@@ -64,7 +58,7 @@ class Assistant:
         self.card = loaded.card
         text_config = self.model.config.text_config
         self.context_tokens = context_tokens or getattr(text_config, "max_position_embeddings", 2048)
-        self._transcripts: OrderedDict[str, str] = OrderedDict()  # audio hash → transcript
+        self._transcripts = TranscriptCache()
         self.media_cache = MediaCache(media_cache_bytes)
         self.prefix_cache = PrefixCache(kv_cache_bytes)
 
@@ -86,41 +80,12 @@ class Assistant:
         """Whisper's transcript of 16 kHz mono float32 audio (cached by content hash)."""
         if self.transcriber is None:
             raise TranscriptionUnavailableError(f"the model {self.name} has no speech recogniser")
-        key = hashlib.sha256(np.ascontiguousarray(audio, dtype=np.float32).tobytes()).hexdigest()
-        if key not in self._transcripts:
-            self._transcripts[key] = self.transcriber.transcribe(audio)
-            while len(self._transcripts) > 256:
-                self._transcripts.popitem(last=False)
-        self._transcripts.move_to_end(key)
-        return self._transcripts[key]
+        return self._transcripts.transcribe(self.transcriber, audio)
 
     def _prepare(self, messages: Conversation, audio_mode: AudioMode,
                  cancel: threading.Event | None = None) -> tuple[Conversation, list[str]]:
-        """Transcribe audio where needed. Returns the conversation the LLM sees and the transcripts
-        of the last user message's clips (shown to the user in both modes). Raises PromptCancelled
-        if `cancel` is set before a transcription."""
-        if audio_mode not in ("native", "transcribe"):
-            raise ValueError(f"audio_mode must be 'native' or 'transcribe', not {audio_mode!r}")
-        last_user = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=-1)
-        shown: list[str] = []
-        prepared = []
-        for i, message in enumerate(messages):
-            parts = []
-            for part in content_parts(message):
-                if part["type"] != "audio":
-                    parts.append(part)
-                    continue
-                needs_text = audio_mode == "transcribe"
-                transcript = None
-                if cancel is not None and cancel.is_set():
-                    raise PromptCancelled("cancelled while transcribing")
-                if needs_text or (i == last_user and self.transcriber is not None):
-                    transcript = self.transcribe(part["audio"])
-                if i == last_user and transcript is not None:
-                    shown.append(transcript)
-                parts.append({"type": "text", "text": transcript} if needs_text else part)
-            prepared.append({**message, "content": parts})
-        return prepared, shown
+        return prepare_audio(messages, audio_mode, self.transcribe, has_transcriber=self.transcriber is not None,
+                             cancel=cancel)
 
     def _encode_prompt(self, messages: Conversation, cancel: threading.Event | None = None):
         """Encode with the generation prompt; drop the oldest exchanges (keeping a system message) if

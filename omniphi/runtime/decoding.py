@@ -50,6 +50,7 @@ class Sequence:
         self.reused_tokens = 0  # prompt positions whose key/values came from the prefix cache
         self.kv: KV | None = None  # the prompt's key/values after prefill, until it joins a batch
         self.finish_reason: str | None = None
+        self.error: BaseException | None = None  # set when it ended by failing instead of with a Done
         self.seconds = 0.0
         self._emitted = 0  # characters of the answer text already sent as Token events
         self._hold = max((len(s) for s in settings.stop), default=1) - 1  # a stop string may be forming

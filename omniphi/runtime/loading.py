@@ -24,7 +24,8 @@ import torch
 
 from omniphi import presets
 from omniphi.errors import UserError
-from omniphi.model_card import GENERATION_CONFIG_FILE, read_model_card
+from omniphi.chat import GenerationSettings
+from omniphi.model_card import GENERATION_CONFIG_FILE, ModelCard, generation_defaults, read_model_card
 from omniphi.presets import TRANSCRIBER_DIR, LoadedModel
 from omniphi.runtime import trained
 from omniphi.runtime.devices import resolve_device, resolve_dtype
@@ -163,6 +164,40 @@ def _load_directory(directory: Path, *, dtype: torch.dtype, name: str | None) ->
     return LoadedModel(model, processor, transcriber, name or f"omniphi-{directory.name}", read_model_card(directory))
 
 
+@dataclass(frozen=True)
+class ModelDescription:
+    """What a model says about itself, read from its files without loading any weights."""
+
+    name: str
+    card: ModelCard | None
+    generation_defaults: GenerationSettings
+
+
+def describe(spec: str) -> ModelDescription:
+    """The name `load` would give the model, its card and its generation defaults (greedy where it
+    says nothing): for a server whose LLM runs elsewhere (`omniphi serve --engine vllm`)."""
+    from transformers import GenerationConfig
+
+    directory, name = None, spec
+    packaged = presets.packaged_directory(spec)
+    if packaged is not None:
+        if trained.is_training_output(packaged[0]):
+            directory, name = packaged[0], f"omniphi-{spec}"
+        else:
+            spec = name = packaged[1]
+    if directory is None and spec not in presets.PRESETS:
+        directory = Path(spec)
+        if not directory.is_dir():
+            raise ModelSpecError(f"unknown model {spec!r}: expected one of {', '.join(presets.PRESETS)} or a model directory")
+        name = f"omniphi-{directory.name}"
+    if directory is None:
+        return ModelDescription(name, None, generation_defaults(None))
+    config = None
+    if (directory / GENERATION_CONFIG_FILE).is_file():
+        config = GenerationConfig.from_pretrained(directory)
+    return ModelDescription(name, read_model_card(directory), generation_defaults(config))
+
+
 def save_directory(loaded: LoadedModel, directory: str | Path, *, defaults: dict[str, str] | None = None) -> None:
     """A self-contained model directory: model (safetensors) + processor + Whisper for transcripts,
     and optionally the device/dtype/quantize it prefers when a user asks for `auto`."""
@@ -180,7 +215,7 @@ def load_transcriber(spec: str = "starter"):
     from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
     from omniphi.asr import Transcriber
-    from omniphi.runtime.assistant import TranscriptionUnavailableError
+    from omniphi.runtime.transcripts import TranscriptionUnavailableError
 
     transcriber = None
     if spec in presets.PRESETS:

@@ -34,7 +34,8 @@ def create_app(engine_or_assistant: Any, config: ServeConfig | None = None) -> F
     if isinstance(engine_or_assistant, Engine):
         engine, owns = engine_or_assistant, False
     else:
-        engine, owns = Engine(engine_or_assistant, config.max_queue, config.request_timeout_s), True
+        engine, owns = Engine(engine_or_assistant, config.max_queue, config.request_timeout_s,
+                              max_batch=config.max_batch), True
     store = Store(config.data_dir)
     serve_state = ServeState(config, engine, store, owns, config.generation(engine.assistant.generation_defaults))
 

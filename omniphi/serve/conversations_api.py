@@ -17,7 +17,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from omniphi.chat import Done, GenerationSettings, Token, Transcript
+from omniphi.chat import Done, Token, Transcript
 from omniphi.media import load_audio, load_image
 from omniphi.serve.admission import MediaCounter, attachment_from_data_uri, parse_json_body
 from omniphi.serve.engine import ChatRequest, JobResult

@@ -408,6 +408,8 @@ class Engine:
                     self._forward(sequence.take_events(), job)
                     if sequence.finished:
                         del members[key]
+                        if sequence.error is not None:  # this member failed (a remote call), not the batch
+                            job.result.error = sequence.error
                         self._end(job)
             except BaseException:  # noqa: BLE001 — the worker must survive anything a job does
                 log.exception("engine worker: unexpected failure")

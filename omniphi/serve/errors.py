@@ -22,7 +22,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from omniphi.media import MediaError, MediaTooLargeError
 from omniphi.processing import SampleTooLongError
-from omniphi.runtime.assistant import TranscriptionUnavailableError
+from omniphi.runtime.remote import RemoteRejectedError, RemoteUnavailableError
+from omniphi.runtime.transcripts import TranscriptionUnavailableError
 from omniphi.serve.engine import EngineError, EngineStopped, QueueFull, RequestTimedOut
 
 log = logging.getLogger("omniphi.serve")
@@ -147,6 +148,11 @@ def status_and_body(exc: BaseException) -> tuple[int, dict[str, Any], dict[str, 
         return 400, error_body(400, str(exc), code="context_length_exceeded"), {}
     if isinstance(exc, TranscriptionUnavailableError):
         return 400, error_body(400, str(exc), code="transcription_unavailable"), {}
+    # --engine vllm: what the model server said of the request, or that it is gone.
+    if isinstance(exc, RemoteRejectedError):
+        return 400, error_body(400, str(exc), code="rejected_by_model_server"), {}
+    if isinstance(exc, RemoteUnavailableError):
+        return 503, error_body(503, str(exc), code="model_server_unavailable"), {"Retry-After": "5"}
     log.error("internal error", exc_info=(type(exc), exc, exc.__traceback__))
     return 500, error_body(500, "The server had an error while processing your request.", code="internal_error"), {}
 

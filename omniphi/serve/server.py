@@ -12,6 +12,9 @@ import uvicorn
 
 from omniphi.serve.state import ServeConfig
 
+# Requests decoding together, per engine: on a CPU more than a few only slow each other down.
+DEFAULT_MAX_BATCH = {"omniphi": 4, "vllm": 32}
+
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     from omniphi.cli_support import add_model_arguments
@@ -35,11 +38,28 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--request-timeout", type=float, default=300.0, help="seconds per request, queue included")
     parser.add_argument("--audio-mode", choices=("native", "transcribe"), default="native",
                         help="default way audio reaches the model")
+    parser.add_argument("--max-batch", type=int, default=None,
+                        help=f"requests answered at once (default {DEFAULT_MAX_BATCH['omniphi']}; with --engine vllm "
+                             f"{DEFAULT_MAX_BATCH['vllm']}, as vLLM batches them itself)")
+    engine = parser.add_argument_group("answering on a vLLM server (README: Scale-out serving on vLLM)")
+    engine.add_argument("--engine", choices=tuple(DEFAULT_MAX_BATCH), default="omniphi",
+                        help="omniphi: load --model here and answer with it; vllm: keep the page, the stored "
+                             "conversations and both APIs here and let the vLLM server at --vllm-url answer (--model "
+                             "then names the model it serves, for its card, defaults and transcribe mode's Whisper)")
+    engine.add_argument("--vllm-url", default="http://127.0.0.1:8001/v1", metavar="URL",
+                        help="the vLLM server's OpenAI API (default http://127.0.0.1:8001/v1)")
+    engine.add_argument("--vllm-model", default=None, metavar="NAME",
+                        help="the served model's name there (default: the first one it lists)")
+    engine.add_argument("--vllm-api-key", default=os.environ.get("VLLM_API_KEY") or None, metavar="KEY",
+                        help="the vLLM server's --api-key (default: $VLLM_API_KEY)")
 
 
 def config_from_args(args: argparse.Namespace) -> ServeConfig:
     if args.max_queue < 0:
         raise ValueError("--max-queue must be >= 0")
+    max_batch = args.max_batch if args.max_batch is not None else DEFAULT_MAX_BATCH[args.engine]
+    if max_batch < 1:
+        raise ValueError("--max-batch must be >= 1")
     return ServeConfig(
         api_key=args.api_key or None,
         data_dir=Path(args.data_dir).expanduser() if args.data_dir else None,
@@ -47,6 +67,7 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         cors_origins=list(args.cors_origin or []),
         allowed_hosts=list(getattr(args, "allowed_host", None) or []) + _bound_names(args.host),
         max_queue=args.max_queue,
+        max_batch=max_batch,
         request_timeout_s=args.request_timeout,
         audio_mode=args.audio_mode,
     )
@@ -63,7 +84,13 @@ def run_serve(args: argparse.Namespace, *, assistant=None) -> int:
     if not _is_loopback(args.host) and not config.api_key:
         print(f"omniphi: warning: serving on {args.host} without --api-key: anyone who can reach this "
               "address can use the model and read the stored conversations", file=sys.stderr)
-    if assistant is None:
+    if assistant is None and args.engine == "vllm":
+        from omniphi.runtime.remote import RemoteAssistant
+
+        print(f"omniphi: answering with the vLLM server at {args.vllm_url} ...", file=sys.stderr, flush=True)
+        assistant = RemoteAssistant.connect(args.vllm_url, args.model, model=args.vllm_model,
+                                            api_key=args.vllm_api_key)
+    elif assistant is None:
         from omniphi.runtime.assistant import Assistant
 
         print(f"omniphi: loading model {args.model} ...", file=sys.stderr, flush=True)

@@ -39,6 +39,7 @@ class ServeConfig:
     max_messages: int = 1000
     media_limits: MediaLimits = field(default_factory=MediaLimits)
     max_queue: int = 8
+    max_batch: int = 4  # requests answered at once (the engine decodes them together)
     request_timeout_s: float = 300.0
     # Defaults for the page (GET /api/settings/defaults) and for requests that leave them out.
     system_prompt: str = "You are a helpful assistant. Answer clearly and concisely."
