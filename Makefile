@@ -34,8 +34,10 @@ $(STAMP): requirements.txt pyproject.toml
 system-deps:
 	@scripts/system-deps.sh $(TEST_PACKAGES)
 
-test: setup system-deps
+# Everything: omniphi's own tests, then the vLLM plugin's in vLLM's environment (make test-vllm).
+test: setup system-deps vllm-venv
 	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -q -ra
+	HF_HUB_OFFLINE=1 $(VLLM_VENV)/bin/pytest -q -ra tests_vllm
 
 test-fast: setup system-deps
 	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -q -ra -m "not slow and not browser"
@@ -45,9 +47,10 @@ serve: setup
 
 # Train the starter model's weights (vision tower, projectors, LoRA) from the packaged parts and install
 # them in omniphi/starter_weights: data → replay → vision tower → align → instruct → package
-# (omniphi/starter/build.py); flite speaks the questions. A re-run continues where an interrupted one stopped.
+# (omniphi/starter/build.py); flite and espeak-ng speak the questions. A re-run continues where an interrupted
+# one stopped.
 starter: setup
-	@scripts/system-deps.sh flite
+	@scripts/system-deps.sh flite espeak-ng
 	HF_HUB_OFFLINE=1 $(PY) -m omniphi.starter.build --install
 
 # The numbers in the README's "Starter model" section (omniphi eval on the held-out test split).

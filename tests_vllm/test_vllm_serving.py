@@ -178,18 +178,44 @@ save_directory(presets.LoadedModel(model, processor, None, "omniphi-tiny"), sys.
 """
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """A random tiny model (Llama with a ChatML template, CLIP, Whisper encoder) as a model directory."""
-    def write(out: Path):
-        done = subprocess.run([str(OMNIPHI_PYTHON), "-c", WRITE_TINY, str(out)], env=ENV, capture_output=True,
-                              text=True, timeout=600)
-        if done.returncode != 0:
-            raise RuntimeError(f"writing the tiny model failed:\n{done.stderr[-2000:]}")
+# The tiny Phi preset's parts at Phi-2's attention geometry: heads of 80 dimensions, 32 of them rotary
+# (partial_rotary_factor 0.4), so vLLM's CPU attention has a kernel for them.
+WRITE_TINY_PHI = """
+import sys, torch
+from transformers import AutoModelForCausalLM
+from omniphi import presets
+from omniphi.runtime.loading import save_directory
+language_model, tokenizer, vision_tower, whisper = presets.tiny_parts("phi")
+config = language_model.config
+config.hidden_size, config.intermediate_size, config.num_attention_heads = 160, 256, 2
+config.num_key_value_heads = 2
+config.rope_parameters = {**config.rope_parameters, "partial_rotary_factor": 0.4}
+torch.manual_seed(0)
+language_model = AutoModelForCausalLM.from_config(config)
+model, processor = presets.assemble(language_model, tokenizer, vision_tower=vision_tower, whisper=whisper)
+save_directory(presets.LoadedModel(model, processor, None, "omniphi-tiny-phi"), sys.argv[1])
+"""
 
-    served = serve(tmp_path_factory, "tiny", write)
-    yield served
-    served.server.stop()
+
+def _tiny_fixture(name: str, script: str):
+    @pytest.fixture(scope="module")
+    def fixture(tmp_path_factory):
+        def write(out: Path):
+            done = subprocess.run([str(OMNIPHI_PYTHON), "-c", script, str(out)], env=ENV, capture_output=True,
+                                  text=True, timeout=600)
+            if done.returncode != 0:
+                raise RuntimeError(f"writing the {name} model failed:\n{done.stderr[-2000:]}")
+
+        served = serve(tmp_path_factory, name, write)
+        yield served
+        served.server.stop()
+
+    fixture.__doc__ = f"A random {name} model (LLM, CLIP, Whisper encoder) as a model directory, served by vLLM."
+    return fixture
+
+
+tiny = _tiny_fixture("tiny", WRITE_TINY)  # Llama with a ChatML template
+tiny_phi = _tiny_fixture("tiny-phi", WRITE_TINY_PHI)  # Phi, as Phi-2 (vLLM's Transformers backend)
 
 
 def test_starter_answers_a_text_question_as_omniphi_ask(starter):
@@ -231,8 +257,64 @@ def test_starter_streams_through_the_openai_client(starter):
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens > 0
 
 
-def test_tiny_random_model_answers_text_image_and_audio_as_omniphi_ask(tiny):
+class OmniphiFrontServer:
+    """`omniphi serve --engine vllm` (omniphi's own environment) in front of a running vLLM server."""
+
+    def __init__(self, served: Served, data_dir: Path, log: Path):
+        self.port = free_port()
+        self.process = subprocess.Popen(
+            [str(OMNIPHI_CLI), "serve", "--engine", "vllm", "--model", str(served.model_dir),
+             "--vllm-url", f"http://127.0.0.1:{served.server.port}/v1", "--port", str(self.port),
+             "--data-dir", str(data_dir)], env=ENV, stdout=log.open("w"), stderr=subprocess.STDOUT)
+        self.url = f"http://127.0.0.1:{self.port}"
+        deadline = time.monotonic() + 300
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"omniphi serve exited with {self.process.returncode}:\n{log.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"omniphi serve did not start:\n{log.read_text()[-3000:]}")
+            time.sleep(1)
+        self.client = openai.OpenAI(base_url=f"{self.url}/v1", api_key="unused", timeout=300)
+
+    def stop(self):
+        self.process.terminate()
+        self.process.wait(timeout=60)
+
+
+def test_omniphi_serve_with_the_vllm_engine_answers_as_omniphi_ask(starter, tmp_path):
+    """The page's server and the OpenAI API of omniphi, answering through vLLM: the same greedy
+    answers as `omniphi ask` for a picture + spoken question, natively and in transcribe mode, and the
+    page gets the model's card."""
+    front = OmniphiFrontServer(starter, tmp_path / "data", tmp_path / "omniphi-serve.log")
+    try:
+        content = [image_part(), audio_part()]
+        for mode in ("native", "transcribe"):
+            reference = omniphi_ask(starter.model_dir, "--image", str(PICTURE), "--audio", str(SPOKEN_QUESTION),
+                                    "--audio-mode", mode)
+            answer = front.client.chat.completions.create(
+                model=starter.server.name, messages=[{"role": "user", "content": content}], temperature=0,
+                max_tokens=MAX_TOKENS, extra_body={"audio_mode": mode})
+            starter.assert_same_answer(answer, reference)
+        card = httpx.get(f"{front.url}/api/model", timeout=30).json()
+        assert card["suggestions"], card
+        conversation = httpx.post(f"{front.url}/api/conversations", json={}, timeout=30).json()
+        turn = httpx.post(f"{front.url}/api/conversations/{conversation['id']}/chat", timeout=300,
+                          json={"content": [{"type": "text", "text": "What is the capital of France?"}]})
+        assert turn.status_code == 200 and '"type":"done"' in turn.text, turn.text[-2000:]
+    finally:
+        front.stop()
+
+
+@pytest.mark.parametrize("name", ["tiny", "tiny_phi"])
+def test_tiny_random_model_answers_text_image_and_audio_as_omniphi_ask(name, request):
     """A random model: any drift in weights, template, preprocessing or placeholder counts changes its tokens."""
+    tiny = request.getfixturevalue(name)
     question = "What is in it?"
     cases = [
         ([question], question),

@@ -1,7 +1,8 @@
 """omniphi's architecture inside vLLM: the same encoders, vLLM's own implementation of the LLM.
 
-- The LLM (`language_model`) is built by vLLM from `text_config` (Llama, Phi, … as vLLM implements
-  them), so it gets paged attention, continuous batching and tensor parallelism.
+- The LLM (`language_model`) is built by vLLM from `text_config` (Llama, Qwen, … as vLLM implements
+  them; Phi by `omniphi.vllm.phi`, as vLLM 0.32 has none of its own), so it gets paged attention,
+  continuous batching and tensor parallelism.
 - The vision tower + projector and the Whisper encoder + audio projector are omniphi's modules
   (`MediaEncoders`), run once per image or clip, so the features equal `omniphi ask`'s.
 - Multimodal processing uses `OmniProcessor`'s own image preprocessing, audio windows and token
@@ -35,6 +36,7 @@ from vllm.multimodal.processing import (
 from vllm.sequence import IntermediateTensors
 
 from omniphi.config import OmniConfig
+from omniphi.vllm import PHI_ARCHITECTURE
 from omniphi.model.audio_encoder import MEL_FRAMES_PER_WINDOW, audio_token_count
 from omniphi.model.modeling import MediaEncoders
 from omniphi.processing import SAMPLING_RATE, WINDOW_SAMPLES, OmniProcessor, pad_audio_windows
@@ -167,9 +169,12 @@ class OmniForConditionalGeneration(MediaEncoders, nn.Module, SupportsMultiModal)
         # on the class that holds both layers); in omniphi the LLM's own config decides, as it does
         # in AutoModelForCausalLM.from_config(text_config).
         config.tie_word_embeddings = getattr(config.text_config, "tie_word_embeddings", False)
+        # A Phi LLM is omniphi's own vLLM Phi (omniphi/vllm/phi.py); any other, vLLM's implementation of it.
+        architectures = [PHI_ARCHITECTURE] if config.text_config.model_type == "phi" else None
         with self._mark_language_model(vllm_config):
             self.language_model = init_vllm_registered_model(
-                vllm_config=vllm_config, hf_config=config.text_config, prefix=maybe_prefix(prefix, "language_model"))
+                vllm_config=vllm_config, hf_config=config.text_config, prefix=maybe_prefix(prefix, "language_model"),
+                architectures=architectures)
         self.make_empty_intermediate_tensors = self.language_model.make_empty_intermediate_tensors
 
     def embed_multimodal(self, **kwargs: object) -> MultiModalEmbeddings:
