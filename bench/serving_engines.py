@@ -1,6 +1,7 @@
-"""omniphi's own server against vLLM (the omniphi.vllm plugin) on the same model directory.
+"""omniphi's own server against vLLM (the omniphi.vllm plugin) on the same model directory, and
+omniphi's server in front of that vLLM server (`omniphi serve --engine vllm`).
 
-Both servers are started here, one after the other, and measured through the same OpenAI client
+The servers are started here, one after the other, and measured through the same OpenAI client
 requests: time to first token and decode speed of one stream (median of --repeats), then the
 aggregate decode throughput of --streams concurrent streams. Greedy, same prompt, same max_tokens.
 
@@ -109,6 +110,19 @@ def main() -> None:
         try:
             print(name, {k: round(v, 2) for k, v in measure(port, args.max_tokens, args.repeats, args.streams).items()},
                   flush=True)
+            if name == "vllm":  # omniphi's server in front of this vLLM server (omniphi serve --engine vllm)
+                front_port = free_port()
+                front = start([args.omniphi_cli, "serve", "--engine", "vllm", "--vllm-url",
+                               f"http://127.0.0.1:{port}/v1", "--model", args.model_dir, "--port", str(front_port),
+                               "--data-dir", tempfile.mkdtemp(prefix="omniphi-bench-")],
+                              front_port, Path("/tmp/bench-omniphi-on-vllm.log"))
+                try:
+                    print("omniphi --engine vllm", {k: round(v, 2) for k, v in
+                                                    measure(front_port, args.max_tokens, args.repeats,
+                                                            args.streams).items()}, flush=True)
+                finally:
+                    front.terminate()
+                    front.wait(timeout=120)
         finally:
             process.terminate()
             process.wait(timeout=120)

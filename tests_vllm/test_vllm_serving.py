@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -25,6 +26,9 @@ import pytest
 from transformers import AutoTokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+README_VLLM_PORT = "8001"  # the port of the README's CPU lines
+README_SERVE_LINE = "omniphi.vllm serve runs/starter-merged --port 8001"
 OMNIPHI_PYTHON = ROOT / ".venv" / "bin" / "python"  # omniphi's own environment (make setup)
 OMNIPHI_CLI = ROOT / ".venv" / "bin" / "omniphi"
 SHAPES = ROOT / "tests" / "fixtures" / "starter-shapes"
@@ -74,43 +78,69 @@ def free_port() -> int:
 
 
 class VllmServer:
-    """`python -m omniphi.vllm serve MODEL_DIR` on a free loopback port, stopped on exit."""
+    """A vLLM server (`python -m omniphi.vllm serve ...`, as a command line or a shell script) on a free
+    loopback port; its whole process group is stopped on exit."""
 
-    def __init__(self, model_dir: Path, name: str, log: Path):
-        self.port = free_port()
+    def __init__(self, command: list[str], name: str, port: int, log: Path, *, cwd: Path | None = None,
+                 env: dict | None = None):
+        self.port = port
         self.name = name
         self.log = log
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "omniphi.vllm", "serve", str(model_dir), "--served-model-name", name,
-             "--host", "127.0.0.1", "--port", str(self.port), "--dtype", "float32", "--max-model-len", "2048",
-             "--enforce-eager"],
-            env={**ENV, "VLLM_CPU_KVCACHE_SPACE": "1"}, stdout=log.open("w"), stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(command, cwd=cwd, env=env or ENV, stdout=log.open("w"),
+                                        stderr=subprocess.STDOUT, start_new_session=True)
         self.client = openai.OpenAI(base_url=f"http://127.0.0.1:{self.port}/v1", api_key="unused", timeout=300)
 
+    @classmethod
+    def for_directory(cls, model_dir: Path, name: str, log: Path) -> "VllmServer":
+        port = free_port()
+        return cls([sys.executable, "-m", "omniphi.vllm", "serve", str(model_dir), "--served-model-name", name,
+                    "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32", "--max-model-len", "2048",
+                    "--enforce-eager"], name, port, log, env={**ENV, "VLLM_CPU_KVCACHE_SPACE": "1"})
+
     def wait_until_ready(self):
-        deadline = time.monotonic() + SERVER_START_SECONDS
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"vLLM exited with {self.process.returncode}:\n{self.log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"http://127.0.0.1:{self.port}/health", timeout=5).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(2)
-        raise RuntimeError(f"vLLM did not become ready in {SERVER_START_SECONDS} s:\n{self.log.read_text()[-3000:]}")
+        wait_for_health(self.process, f"http://127.0.0.1:{self.port}", self.log, SERVER_START_SECONDS, "vLLM")
 
     def stop(self):
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process_group(self.process)
 
     def ask(self, content) -> openai.types.chat.ChatCompletion:
         return self.client.chat.completions.create(
             model=self.name, messages=[{"role": "user", "content": content}], temperature=0, max_tokens=MAX_TOKENS)
+
+
+def wait_for_health(process: subprocess.Popen, url: str, log: Path, seconds: float, what: str) -> None:
+    """Until GET {url}/health answers 200; raises with the log's tail if the process exits or time runs out."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"{url}/health", timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(2)
+    raise RuntimeError(f"{what} did not become ready in {seconds} s:\n{log.read_text()[-3000:]}")
+
+
+def stop_process_group(process: subprocess.Popen) -> None:
+    """SIGTERM to the process and its children (a shell script's server), SIGKILL after a minute."""
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=60)
+    except ProcessLookupError:
+        pass
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def readme_block(needle: str) -> str:
+    """The README's fenced code block that contains `needle` (its code, without the fences)."""
+    blocks = [m.group(1) for m in re.finditer(r"^```\w+\n(.*?)^```\s*$", README.read_text(), re.S | re.M)
+              if needle in m.group(1)]
+    assert len(blocks) == 1, f"expected one README block with {needle!r}, found {len(blocks)}"
+    return blocks[0]
 
 
 def data_url(path: Path, mime: str) -> str:
@@ -141,7 +171,10 @@ class Served:
 def serve(tmp_path_factory, name: str, write_model_dir) -> Served:
     model_dir = tmp_path_factory.mktemp(name) / "model"
     write_model_dir(model_dir)
-    server = VllmServer(model_dir, f"omniphi-{name}", model_dir.parent / "vllm.log")
+    return _ready(VllmServer.for_directory(model_dir, f"omniphi-{name}", model_dir.parent / "vllm.log"), model_dir)
+
+
+def _ready(server: VllmServer, model_dir: Path) -> Served:
     try:
         server.wait_until_ready()
     except BaseException:
@@ -151,10 +184,23 @@ def serve(tmp_path_factory, name: str, write_model_dir) -> Served:
 
 
 @pytest.fixture(scope="module")
-def starter(tmp_path_factory):
-    """The starter in its merged form (`omniphi merge` of the committed training output)."""
-    served = serve(tmp_path_factory, "starter",
-                   lambda out: run_omniphi("merge", str(ROOT / "omniphi" / "starter_weights"), str(out)))
+def checkout_copy(tmp_path_factory) -> Path:
+    """A directory that looks like the checkout to the README's lines (run from the repository root),
+    so that what they write (runs/starter-merged) lands here."""
+    work = tmp_path_factory.mktemp("checkout")
+    for name in ("omniphi", "tests", ".venv", ".venv-vllm"):
+        (work / name).symlink_to(ROOT / name)
+    return work
+
+
+@pytest.fixture(scope="module")
+def starter(checkout_copy):
+    """The starter merged and served by the README's CPU lines, run as written (on a free port)."""
+    port = free_port()
+    script = readme_block(README_SERVE_LINE).replace(README_VLLM_PORT, str(port))
+    server = VllmServer(["bash", "-ec", script], "runs/starter-merged", port, checkout_copy / "vllm.log",
+                        cwd=checkout_copy)
+    served = _ready(server, checkout_copy / "runs" / "starter-merged")
     yield served
     served.server.stop()
 
@@ -258,40 +304,49 @@ def test_starter_streams_through_the_openai_client(starter):
 
 
 class OmniphiFrontServer:
-    """`omniphi serve --engine vllm` (omniphi's own environment) in front of a running vLLM server."""
+    """The README's `omniphi serve --engine vllm` line, as written but on free ports, in front of `served`."""
 
-    def __init__(self, served: Served, data_dir: Path, log: Path):
+    def __init__(self, served: Served, cwd: Path, data_dir: Path, log: Path):
         self.port = free_port()
-        self.process = subprocess.Popen(
-            [str(OMNIPHI_CLI), "serve", "--engine", "vllm", "--model", str(served.model_dir),
-             "--vllm-url", f"http://127.0.0.1:{served.server.port}/v1", "--port", str(self.port),
-             "--data-dir", str(data_dir)], env=ENV, stdout=log.open("w"), stderr=subprocess.STDOUT)
+        line = readme_block("serve --engine vllm --vllm-url").strip()
+        line = line.replace(f"127.0.0.1:{README_VLLM_PORT}", f"127.0.0.1:{served.server.port}")
+        line = line.replace("--port 8000", f"--port {self.port}")
+        self.process = subprocess.Popen(["bash", "-ec", line], cwd=cwd, env={**ENV, "OMNIPHI_DATA": str(data_dir)},
+                                        stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
         self.url = f"http://127.0.0.1:{self.port}"
-        deadline = time.monotonic() + 300
-        while True:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"omniphi serve exited with {self.process.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"omniphi serve did not start:\n{log.read_text()[-3000:]}")
-            time.sleep(1)
+        try:
+            wait_for_health(self.process, self.url, log, 300, "omniphi serve")
+        except BaseException:
+            self.stop()
+            raise
         self.client = openai.OpenAI(base_url=f"{self.url}/v1", api_key="unused", timeout=300)
 
     def stop(self):
-        self.process.terminate()
-        self.process.wait(timeout=60)
+        stop_process_group(self.process)
 
 
-def test_omniphi_serve_with_the_vllm_engine_answers_as_omniphi_ask(starter, tmp_path):
+def test_the_readme_client_lines_answer_a_picture_and_a_spoken_question(starter, checkout_copy, monkeypatch):
+    """The README's Python lines, as written (on the server's port), answer the typed and the spoken
+    question about the picture as `omniphi ask` does."""
+    code = readme_block("client.chat.completions.create(model=\"runs/starter-merged\"")
+    printed = []
+    monkeypatch.chdir(checkout_copy)
+    exec(code.replace(f"127.0.0.1:{README_VLLM_PORT}", f"127.0.0.1:{starter.server.port}"),
+         {"print": lambda *args: printed.append(" ".join(map(str, args)))})
+    typed = omniphi_ask(starter.model_dir, "--image", str(PICTURE), "What colour is the circle?")
+    spoken = omniphi_ask(starter.model_dir, "--image", str(PICTURE), "--audio", str(SPOKEN_QUESTION))
+    assert len(printed) == 2
+    for shown, reference in zip(printed, (typed, spoken)):
+        ours = starter.tokenizer.encode(reference.text, add_special_tokens=False)
+        theirs = starter.tokenizer.encode(shown, add_special_tokens=False)
+        assert theirs[:FIRST_TOKENS] == ours[:FIRST_TOKENS], (shown, reference.text)
+
+
+def test_omniphi_serve_with_the_vllm_engine_answers_as_omniphi_ask(starter, checkout_copy, tmp_path):
     """The page's server and the OpenAI API of omniphi, answering through vLLM: the same greedy
     answers as `omniphi ask` for a picture + spoken question, natively and in transcribe mode, and the
     page gets the model's card."""
-    front = OmniphiFrontServer(starter, tmp_path / "data", tmp_path / "omniphi-serve.log")
+    front = OmniphiFrontServer(starter, checkout_copy, tmp_path / "data", tmp_path / "omniphi-serve.log")
     try:
         content = [image_part(), audio_part()]
         for mode in ("native", "transcribe"):

@@ -11,7 +11,7 @@ preset's `PRESET_DEFAULTS`; a training output inherits its base's), then the mac
 - quantize auto: none.
 
 Quantising (int8/int4 weight-only, LLM Linear layers only) happens here, once, after the model is on
-its device.
+its device; then the model is switched to `fast_ops`' GELU and decode attention.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from omniphi.model_card import GENERATION_CONFIG_FILE, ModelCard, generation_def
 from omniphi.presets import TRANSCRIBER_DIR, LoadedModel
 from omniphi.runtime import trained
 from omniphi.runtime.devices import resolve_device, resolve_dtype
+from omniphi.runtime.fast_ops import install_fast_ops
 from omniphi.runtime.quantize import QUANTIZATIONS, quantize_language_model_
 
 DEFAULTS_FILE = "runtime_defaults.json"  # {"device": ..., "dtype": ..., "quantize": ...}, each optional
@@ -60,6 +61,7 @@ def load(spec: str = "starter", *, device: str = "auto", dtype: str | torch.dtyp
         loaded.transcriber.model.to(choice.device)
     if choice.quantize != "none":
         quantize_language_model_(loaded.model.language_model, choice.quantize)
+    install_fast_ops(loaded.model)
     loaded.model.runtime_choice = choice
     return loaded
 

@@ -31,7 +31,6 @@ def merge_output(directory: str | Path, out: str | Path, dtype: torch.dtype = to
     shutil.rmtree(tmp, ignore_errors=True)
     save_directory(loaded, tmp)
     copy_model_files(directory, tmp)  # the output's generation defaults and card
-    copy_model_files(directory, tmp)  # the output's generation defaults and card
     (tmp / MERGED_FROM).write_text(json.dumps({"source": str(directory.resolve()), **read_meta(directory)}, indent=2) + "\n")
     if out.exists():
         out.rmdir()

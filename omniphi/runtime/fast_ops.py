@@ -1,0 +1,66 @@
+"""Faster equivalents of two transformers paths that dominate a CPU decode step besides the weights.
+
+`install_fast_ops(model)` runs once at load (`omniphi.runtime.load`). Both replacements compute the
+same function; only rounding differs (they are, if anything, more precise):
+
+- **GELU (tanh form)**: transformers' `NewGELUActivation` (Phi's `gelu_new`) is five element-wise ops;
+  in bf16 on this CPU they cost ~100× torch's fused `gelu(approximate="tanh")`, the same formula.
+- **Attention for one new token per row** (decoding): SDPA's CPU flash kernel is tuned for long
+  queries; for a single query two small matmuls over the cached keys and values (with grouped-query
+  heads as a reshape, not a copy) are several times faster. Longer queries (prefill) and other
+  devices keep SDPA.
+
+Measured per decode step of phi2-random in the README ("Speed: the inference engine").
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import AttentionInterface
+from transformers.activations import NewGELUActivation
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+DECODE_ATTENTION = "omniphi_decode_sdpa"  # the name models are switched to (transformers' AttentionInterface)
+
+
+def decode_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                     attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
+                     is_causal: bool | None = None, **kwargs) -> tuple[torch.Tensor, None]:
+    """transformers' SDPA attention, except for one query per row on the CPU (see module docstring).
+
+    query [batch, heads, q, dim], key/value [batch, kv_heads, length, dim]; returns [batch, q, heads, dim]."""
+    batch, heads, q_length, dim = query.shape
+    plain = (q_length == 1 and query.device.type == "cpu" and not dropout and kwargs.get("softcap") is None
+             and kwargs.get("position_bias") is None and kwargs.get("s_aux") is None)
+    if not plain:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      is_causal=is_causal, **kwargs)
+    kv_heads, length = key.shape[1], key.shape[2]
+    groups = heads // kv_heads  # query head h reads key/value head h // groups (as repeat_kv lays them out)
+    scale = scaling if scaling is not None else dim ** -0.5
+    scores = torch.matmul(query.reshape(batch, kv_heads, groups, dim), key.transpose(-1, -2)).float() * scale
+    if attention_mask is not None:
+        mask = attention_mask[:, :, -1:, :length]  # [batch, 1 or heads, 1, length]
+        mask = mask.reshape(batch, kv_heads, groups, length) if mask.shape[1] == heads else mask
+        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+    probs = torch.softmax(scores, dim=-1).to(value.dtype)
+    output = torch.matmul(probs, value)  # [batch, kv_heads, groups, dim]
+    return output.reshape(batch, heads, 1, dim).transpose(1, 2).contiguous(), None
+
+
+# The masks transformers builds for it are SDPA's (boolean, True = attend; None where none is needed).
+AttentionInterface.register(DECODE_ATTENTION, decode_attention)
+AttentionMaskInterface.register(DECODE_ATTENTION, sdpa_mask)
+
+
+def install_fast_ops(model: nn.Module) -> None:
+    """Switch `model` (an omniphi model, or any transformers LLM) to the fast paths, in place."""
+    language_model = getattr(model, "language_model", model)
+    for parent in list(language_model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is NewGELUActivation:
+                setattr(parent, name, nn.GELU(approximate="tanh"))
+    if getattr(language_model.config, "_attn_implementation", None) in ("sdpa", None):
+        language_model.set_attn_implementation(DECODE_ATTENTION)

@@ -1,0 +1,81 @@
+"""The fast decode paths compute what transformers' own paths compute (omniphi/runtime/fast_ops.py)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+from transformers.activations import NewGELUActivation
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+from omniphi import presets
+from omniphi.runtime.fast_ops import DECODE_ATTENTION, decode_attention, install_fast_ops
+from omniphi.runtime.loading import load
+
+
+class _Heads(nn.Module):
+    def __init__(self, groups: int):
+        super().__init__()
+        self.num_key_value_groups = groups
+        self.is_causal = True
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("heads,kv_heads", [(4, 4), (6, 2)])
+def test_decode_attention_equals_sdpa_for_one_query_with_padding_and_grouped_heads(dtype, heads, kv_heads):
+    torch.manual_seed(0)
+    batch, length, dim = 3, 37, 16
+    query = torch.randn(batch, heads, 1, dim, dtype=dtype)
+    key = torch.randn(batch, kv_heads, length, dim, dtype=dtype)
+    value = torch.randn(batch, kv_heads, length, dim, dtype=dtype)
+    mask = torch.ones(batch, 1, 1, length, dtype=torch.bool)
+    mask[1, ..., :5] = False  # a left-padded row
+    mask[2, ..., :20] = False
+    module = _Heads(heads // kv_heads)
+    expected, _ = sdpa_attention_forward(module, query, key, value, mask, scaling=0.3)
+    got, _ = decode_attention(module, query, key, value, mask, scaling=0.3)
+    assert got.shape == expected.shape == (batch, 1, heads, dim)
+    tolerance = 1e-5 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(got.float(), expected.float(), atol=tolerance, rtol=tolerance)
+    # a padded position really is ignored: changing its key changes nothing
+    key[2, :, :20] = 100.0
+    again, _ = decode_attention(module, query, key, value, mask, scaling=0.3)
+    torch.testing.assert_close(again, got)
+
+
+def test_longer_queries_go_to_sdpa_unchanged():
+    torch.manual_seed(0)
+    query, key, value = torch.randn(1, 2, 5, 8), torch.randn(1, 2, 5, 8), torch.randn(1, 2, 5, 8)
+    module = _Heads(1)
+    assert torch.equal(decode_attention(module, query, key, value, None)[0],
+                       sdpa_attention_forward(module, query, key, value, None)[0])
+
+
+@pytest.mark.parametrize("flavour", ["phi", "chatml"])
+def test_install_fast_ops_keeps_a_padded_batchs_next_token_logits(flavour):
+    language_model = presets.tiny_parts(flavour)[0].eval()
+    fast = copy.deepcopy(language_model)
+    install_fast_ops(fast)
+    assert not any(type(m) is NewGELUActivation for m in fast.modules())
+    assert fast.config._attn_implementation == DECODE_ATTENTION
+    ids = torch.randint(0, 100, (2, 30))
+    mask = torch.ones(2, 30, dtype=torch.long)
+    mask[1, :7] = 0
+    following = torch.randint(0, 100, (2, 1))
+    longer = torch.cat([mask, torch.ones(2, 1, dtype=torch.long)], dim=1)
+    logits = []
+    with torch.no_grad():
+        for model in (language_model, fast):
+            prompt = model(input_ids=ids, attention_mask=mask, use_cache=True)
+            step = model(input_ids=following, attention_mask=longer, cache=prompt.past_key_values)
+            logits.append((prompt.logits, step.logits))
+    for slow, quick in zip(*logits):
+        torch.testing.assert_close(quick, slow, atol=1e-5, rtol=1e-5)
+
+
+def test_load_switches_models_to_the_fast_paths():
+    model = load("tiny", dtype="float32").model
+    assert model.language_model.config._attn_implementation == DECODE_ATTENTION
+    assert not any(type(m) is NewGELUActivation for m in model.modules())
