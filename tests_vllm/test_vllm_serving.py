@@ -308,7 +308,7 @@ class OmniphiFrontServer:
 
     def __init__(self, served: Served, cwd: Path, data_dir: Path, log: Path):
         self.port = free_port()
-        line = readme_block("serve --engine vllm --vllm-url").strip()
+        line = readme_block(f"serve --engine vllm --vllm-url http://127.0.0.1:{README_VLLM_PORT}/v1").strip()
         line = line.replace(f"127.0.0.1:{README_VLLM_PORT}", f"127.0.0.1:{served.server.port}")
         line = line.replace("--port 8000", f"--port {self.port}")
         self.process = subprocess.Popen(["bash", "-ec", line], cwd=cwd, env={**ENV, "OMNIPHI_DATA": str(data_dir)},
