@@ -10,7 +10,7 @@ same function; only rounding differs (they are, if anything, more precise):
   heads as a reshape, not a copy) are several times faster. Longer queries (prefill) and other
   devices keep SDPA.
 
-Measured per decode step of phi2-random in the README ("Speed: the inference engine").
+Measured by bench/decode_ops.py (numbers in the README, "Speed: the inference engine").
 """
 
 from __future__ import annotations
