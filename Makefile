@@ -45,15 +45,17 @@ test-fast: setup system-deps
 serve: setup
 	HF_HUB_OFFLINE=1 $(VENV)/bin/omniphi serve --model starter --host $(HOST) --port $(PORT)
 
-# Train the starter model's weights (vision tower, projectors, LoRA) from the packaged parts and install
-# them in omniphi/starter_weights: data → replay → vision tower → align → instruct → package
+# Train the starter model's weights (vision tower, projectors, LoRA) from the packaged parts into
+# runs/starter/weights: data → replay → conversations → vision tower → audio → align → instruct → package
 # (omniphi/starter/build.py); flite and espeak-ng speak the questions. A re-run continues where an interrupted
-# one stopped.
+# one stopped. It does not replace the committed omniphi/starter_weights: a build is installed (`$(PY) -m
+# omniphi.starter.build --install`) only once `make starter-eval` shows it beats them (README, "The starter model").
 starter: setup
 	@scripts/system-deps.sh flite espeak-ng
-	HF_HUB_OFFLINE=1 $(PY) -m omniphi.starter.build --install
+	HF_HUB_OFFLINE=1 $(PY) -m omniphi.starter.build
 
-# The numbers in the README's "Starter model" section (omniphi eval on the held-out test split).
+# The numbers in the README's "Starter model" section (omniphi eval on the held-out test split) for the build
+# in runs/starter/weights; STARTER_MODEL=starter measures the committed weights instead.
 starter-eval: setup
 	HF_HUB_OFFLINE=1 bash scripts/starter-eval.sh
 

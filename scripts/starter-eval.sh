@@ -11,31 +11,38 @@
 #   - forgetting: perplexity of docs/eval/general-text.txt, trained starter vs untrained starter-base,
 #     general questions typed and spoken (docs/eval/general-qa.jsonl, tests/fixtures/eval/qa) and
 #     follow-ups that need the previous turn (docs/eval/follow-ups.jsonl), both models
-# Results (JSON with every answer) go to runs/starter/eval/.
+# The model is the build `make starter` wrote (runs/starter/weights), or $STARTER_MODEL (e.g. `starter`, the
+# committed weights). Results (JSON with every answer) go to runs/starter/eval/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OMNIPHI=.venv/bin/omniphi
 DATA=data/starter-shapes
 ESPEAK=data/starter-shapes-espeak
 OUT=runs/starter/eval
+MODEL=${STARTER_MODEL:-runs/starter/weights}
 if [ ! -f "$DATA/metadata.json" ]; then
   echo "no $DATA: run \`make starter\` first (it writes the data)" >&2
   exit 2
 fi
+if [ "$MODEL" = runs/starter/weights ] && [ ! -d "$MODEL" ]; then
+  echo "no $MODEL: run \`make starter\` first, or STARTER_MODEL=starter for the committed weights" >&2
+  exit 2
+fi
 mkdir -p "$OUT"
 set -x
-$OMNIPHI eval --model starter --task shapes --data "$DATA" --split test --ask-by text,native,transcribe \
+$OMNIPHI eval --model "$MODEL" --task shapes --data "$DATA" --split test --ask-by text,native,transcribe \
   --batch-size 16 --no-progress --out "$OUT/shapes-test.json"
 [ -f "$ESPEAK/metadata.json" ] || $OMNIPHI data shapes --out "$ESPEAK" --n 200 --seed 7 --val-frac 0 --test-frac 0.75 --tts espeak-ng
-$OMNIPHI eval --model starter --task shapes --data "$ESPEAK" --split test --ask-by text,native,transcribe \
+$OMNIPHI eval --model "$MODEL" --task shapes --data "$ESPEAK" --split test --ask-by text,native,transcribe \
   --batch-size 16 --no-progress --out "$OUT/shapes-espeak.json"
-$OMNIPHI eval --model starter --task qa --data "$DATA/outside_test.jsonl" --batch-size 16 --max-new-tokens 32 \
+$OMNIPHI eval --model "$MODEL" --task qa --data "$DATA/outside_test.jsonl" --batch-size 16 --max-new-tokens 32 \
   --no-progress --out "$OUT/outside.json"
-$OMNIPHI eval --model starter --task perplexity --data docs/eval/general-text.txt --no-progress --out "$OUT/ppl-starter.json"
+$OMNIPHI eval --model "$MODEL" --task perplexity --data docs/eval/general-text.txt --no-progress --out "$OUT/ppl-model.json"
 $OMNIPHI eval --model starter-base --task perplexity --data docs/eval/general-text.txt --no-progress --out "$OUT/ppl-base.json"
-$OMNIPHI eval --model starter --task qa --data tests/fixtures/eval/qa/questions.jsonl --no-progress --out "$OUT/qa.json"
-for MODEL in starter starter-base; do
-  $OMNIPHI eval --model $MODEL --task qa --data docs/eval/general-qa.jsonl --ask-by text,native,transcribe \
-    --no-progress --out "$OUT/general-$MODEL.json"
-  $OMNIPHI eval --model $MODEL --task qa --data docs/eval/follow-ups.jsonl --no-progress --out "$OUT/follow-ups-$MODEL.json"
+$OMNIPHI eval --model "$MODEL" --task qa --data tests/fixtures/eval/qa/questions.jsonl --no-progress --out "$OUT/qa.json"
+for EVALUATED in "$MODEL" starter-base; do
+  NAME=$([ "$EVALUATED" = starter-base ] && echo base || echo model)
+  $OMNIPHI eval --model "$EVALUATED" --task qa --data docs/eval/general-qa.jsonl --ask-by text,native,transcribe \
+    --no-progress --out "$OUT/general-$NAME.json"
+  $OMNIPHI eval --model "$EVALUATED" --task qa --data docs/eval/follow-ups.jsonl --no-progress --out "$OUT/follow-ups-$NAME.json"
 done

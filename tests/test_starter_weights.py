@@ -31,13 +31,14 @@ def test_starter_loads_the_committed_weights(starter_assistant):
     assert starter_assistant.model.config.image_seq_length == 25
 
 
-def ask(assistant, question: dict, by: str) -> str:
+def ask(assistant, question: dict, by: str, picture_first: bool = True) -> str:
     """`by`: "text", or "native"/"transcribe" (the spoken question, through that audio path)."""
-    image = Image.open(SHAPES / question["image"])
+    image = {"type": "image", "image": Image.open(SHAPES / question["image"])}
     if by == "text":
-        content = [{"type": "image", "image": image}, {"type": "text", "text": question["question"]}]
+        asked = {"type": "text", "text": question["question"]}
     else:
-        content = [{"type": "image", "image": image}, {"type": "audio", "audio": load_audio(SHAPES / question["audio"])}]
+        asked = {"type": "audio", "audio": load_audio(SHAPES / question["audio"])}
+    content = [image, asked] if picture_first else [asked, image]
     mode = "transcribe" if by == "transcribe" else "native"
     return assistant.complete([{"role": "user", "content": content}], GREEDY, audio_mode=mode).text
 
@@ -89,3 +90,54 @@ def test_served_starter_says_what_colour_the_circle_is(served, by):
     assert response.status_code == 200, response.text
     answer = response.json()["choices"][0]["message"]["content"]
     assert answer_matches(answer, circle["answer"]), answer
+
+
+# Issue #14's behaviours. The committed weights are the flite-only, picture-first build, which fails all of
+# them (measured in the README); the build trained for #14 passed some and lost shapes accuracy, so it was not
+# installed. strict: once weights that pass are committed, these report XPASS as failures until the marker goes.
+NOT_YET_TRAINED = pytest.mark.xfail(strict=True, reason="issue #14: the committed starter predates this behaviour")
+
+
+@NOT_YET_TRAINED
+@pytest.mark.parametrize("by", ["text", "native"])
+def test_the_question_before_the_picture_is_answered_as_well(starter_assistant, by):
+    """OpenAI's examples put the text first; the starter must not depend on the part order."""
+    questions = FIXTURE["questions"]
+    after = sum(answer_matches(ask(starter_assistant, q, by), q["answer"]) for q in questions)
+    before = sum(answer_matches(ask(starter_assistant, q, by, picture_first=False), q["answer"]) for q in questions)
+    assert before >= after - 3, f"{before}/24 right with the question first, {after}/24 with the picture first"
+
+
+@NOT_YET_TRAINED
+def test_a_follow_up_that_needs_the_previous_turn(starter_assistant):
+    """Issue #14: "And of Germany?" after the capital of France was answered "Germany."."""
+    conversation = [{"role": "user", "content": "What is the capital of France?"}]
+    first = starter_assistant.complete(conversation, GenerationSettings(max_new_tokens=24)).text
+    conversation += [{"role": "assistant", "content": first}, {"role": "user", "content": "And of Germany?"}]
+    second = starter_assistant.complete(conversation, GenerationSettings(max_new_tokens=24)).text
+    assert "berlin" in second.lower(), (first, second)
+
+
+@NOT_YET_TRAINED
+def test_a_spoken_general_question_is_answered_natively(starter_assistant):
+    """Spoken "What is the capital of France?" in the default native mode (it said "Yes.")."""
+    audio = load_audio(FIXTURES / "speech" / "capital.wav")
+    reply = starter_assistant.complete([{"role": "user", "content": [{"type": "audio", "audio": audio}]}],
+                                       GenerationSettings(max_new_tokens=24), audio_mode="native")
+    assert "paris" in reply.text.lower(), reply.text
+
+
+@NOT_YET_TRAINED
+@pytest.mark.parametrize("photo", ["astronaut", "coffee"])
+def test_a_photo_outside_the_shapes_world_gets_the_honest_sentence(starter_assistant, photo):
+    """Held-out scikit-image photos (never trained on): the model says what it was trained on."""
+    import skimage.data
+
+    from omniphi.data.outside import HONEST_CORE, TEST_PHOTOS
+
+    assert photo in TEST_PHOTOS
+    image = Image.fromarray(getattr(skimage.data, photo)()).convert("RGB").resize((224, 224))
+    reply = starter_assistant.complete([{"role": "user", "content": [
+        {"type": "image", "image": image}, {"type": "text", "text": "What is in this picture?"}]}],
+        GenerationSettings(max_new_tokens=32))
+    assert HONEST_CORE in " ".join(reply.text.lower().replace("colored", "coloured").split()), reply.text
