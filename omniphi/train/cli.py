@@ -14,7 +14,9 @@ DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.description = "Train with a YAML recipe (stages: text, align, instruct)."
+    from omniphi.train.recipe import STAGES
+
+    parser.description = f"Train with a YAML recipe (stages: {', '.join(STAGES)})."
     parser.epilog = (
         "options after the recipe: --resume [CHECKPOINT] continues the last (or the given) checkpoint of the run; "
         "--print-recipe shows the recipe with overrides applied and exits; any other --key value overrides a "
