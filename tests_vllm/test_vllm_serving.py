@@ -261,7 +261,7 @@ def _tiny_fixture(name: str, script: str):
 
 
 tiny = _tiny_fixture("tiny", WRITE_TINY)  # Llama with a ChatML template
-tiny_phi = _tiny_fixture("tiny-phi", WRITE_TINY_PHI)  # Phi, as Phi-2 (vLLM's Transformers backend)
+tiny_phi = _tiny_fixture("tiny-phi", WRITE_TINY_PHI)  # Phi at Phi-2's head geometry, through omniphi/vllm/phi.py
 
 
 def test_starter_answers_a_text_question_as_omniphi_ask(starter):
