@@ -9,18 +9,20 @@
              each training image's three questions as one dialogue, each question typed or spoken
              (train_dialogues.json: the image and system prompt are paid for once per three answers)
    The data step also makes half the spoken training questions hard (speed, noise, room, telephone
-   band, browser codecs: omniphi/data/augment.py), draws pictures outside the shapes world
-   answered with one honest sentence (omniphi/data/outside.py), and puts the picture before,
-   after or between the first question's text.
+   band, browser codecs: omniphi/data/augment.py) and draws pictures outside the shapes world
+   answered with one honest sentence (omniphi/data/outside.py). Its "dialogues" step puts the
+   picture before, after or between the first question's text, and asks a third of the images'
+   questions one per record (DIALOGUES), so that the picture comes after the question often enough.
 2. replay    the untrained SmolLM2's own answers to general questions and its own prose
              (omniphi/starter/replay.py) → data/starter-replay, mixed into step 6 so the LoRA keeps
-             what SmolLM2 knew; then (step "conversations") its answers to follow-up questions and
-             the general questions spoken (omniphi/starter/conversations.py)
+             what SmolLM2 knew; then (step "conversations") its answers to follow-up questions, the
+             general questions spoken by several voices, and general sentences spoken for the audio
+             steps (omniphi/starter/conversations.py)
 3. vision    the vision tower learns to write each picture as a caption in SmolLM2's word space
              (omniphi/starter/vision.py) → runs/starter/vision
 4. audio     recipes/starter-audio.yaml (the audio_words stage, omniphi/train/audio_words.py): the
-             audio projector learns to write each spoken question as its words in SmolLM2's word
-             space → runs/starter/audio
+             audio projector learns to write each spoken question and general sentence as its words
+             in SmolLM2's word space → runs/starter/audio
 5. align     recipes/starter-align.yaml → runs/starter/align
 6. instruct  recipes/starter-instruct.yaml → runs/starter/instruct
 7. package   the chain of stages flattened onto the "starter-base" preset → runs/starter/weights,
@@ -56,11 +58,14 @@ HELD_OUT_FRACTION = 0.075  # each of val and test: 300 images, 900 questions
 HARD_FRACTION = 0.5  # of the training split's spoken questions, made hard (omniphi/data/augment.py)
 OUTSIDE_TRAIN, OUTSIDE_TEST = 300, 200  # pictures outside the shapes world (omniphi/data/outside.py)
 EXTRAS_FILE = "starter-extras.json"
+# How the questions become training records (omniphi.data.shapes.write_dialogues); a change redoes
+# only the "dialogues" step, not the pictures or the vision step trained on them.
+DIALOGUES = {"spoken_fraction": 0.5, "mixed_order": True, "single_fraction": 0.35}
+DIALOGUES_FILE = "starter-dialogues.json"
 
 
 def _extras() -> dict:
-    return {"hard_fraction": HARD_FRACTION, "outside": [OUTSIDE_TRAIN, OUTSIDE_TEST], "mixed_order": True,
-            "seed": DATA_SEED}
+    return {"hard_fraction": HARD_FRACTION, "outside": [OUTSIDE_TRAIN, OUTSIDE_TEST], "seed": DATA_SEED}
 
 
 def _data_ready(root: Path) -> bool:
@@ -70,8 +75,8 @@ def _data_ready(root: Path) -> bool:
     info = json.loads(meta.read_text())
     spoken = info.get("spoken") or {}
     return (info.get("n") == DATA_N and info.get("seed") == DATA_SEED and info.get("version") == GENERATOR_VERSION
-            and spoken.get("command") == _speaker().command and (root / "train_dialogues.json").is_file()
-            and (root / "val_dialogues.json").is_file() and json.loads((root / EXTRAS_FILE).read_text()) == _extras())
+            and spoken.get("command") == _speaker().command
+            and json.loads((root / EXTRAS_FILE).read_text()) == _extras())
 
 
 # The chat template's default system prompt (the CLI, eval), the server's default (the web page)
@@ -91,7 +96,7 @@ def _speaker():
 def step_data() -> bool:
     from omniphi.data.augment import augment_spoken
     from omniphi.data.outside import write_outside
-    from omniphi.data.shapes import generate_shapes, write_dialogues
+    from omniphi.data.shapes import generate_shapes
 
     if _data_ready(DATA):
         return False
@@ -100,12 +105,24 @@ def step_data() -> bool:
                     speaker=_speaker(), jobs=2)
     hard = augment_spoken(DATA, "train", HARD_FRACTION, seed=DATA_SEED)
     outside = write_outside(DATA, OUTSIDE_TRAIN, OUTSIDE_TEST, seed=DATA_SEED)
-    for split in ("train", "val"):
-        write_dialogues(DATA, split, spoken_fraction=0.5, seed=DATA_SEED, system_prompts=_system_prompts(),
-                        mixed_order=True)
     (DATA / EXTRAS_FILE).write_text(json.dumps(_extras()) + "\n")
     print(f"[data] {hard} spoken training questions made hard; pictures outside the shapes world: {outside}",
           file=sys.stderr)
+    return True
+
+
+def step_dialogues() -> bool:
+    from omniphi.data.shapes import write_dialogues
+
+    marker = DATA / DIALOGUES_FILE
+    wanted = {**DIALOGUES, "seed": DATA_SEED, "system_prompts": list(_system_prompts())}
+    if (marker.is_file() and json.loads(marker.read_text()) == wanted
+            and all((DATA / f"{split}_dialogues.json").is_file() for split in ("train", "val"))):
+        return False
+    marker.unlink(missing_ok=True)
+    for split in ("train", "val"):
+        write_dialogues(DATA, split, seed=DATA_SEED, system_prompts=_system_prompts(), **DIALOGUES)
+    marker.write_text(json.dumps(wanted) + "\n")
     return True
 
 
@@ -123,18 +140,26 @@ def step_replay() -> bool:
 
 
 def step_conversations() -> bool:
-    """Follow-up dialogues and spoken general questions, answered by the base (conversations.py)."""
-    from omniphi.starter.conversations import FOLLOW_UPS, write_followups, write_spoken_chat
+    """Follow-up dialogues, spoken general questions and general speech, from the base (conversations.py)."""
+    from omniphi.starter import conversations
 
     meta = REPLAY / "conversations.json"
-    wanted = {"follow_ups": [list(c) for c in FOLLOW_UPS], "speaker": _speaker().command, "seed": DATA_SEED,
-              "system_prompts": list(_system_prompts())}
-    if meta.is_file() and json.loads(meta.read_text()) == wanted and (REPLAY / "spoken_chat.json").is_file():
+    wanted = {"follow_ups": [list(c) for c in conversations.FOLLOW_UPS], "speaker": _speaker().command,
+              "seed": DATA_SEED, "system_prompts": list(_system_prompts()),
+              "spoken_voices": conversations.SPOKEN_VOICES_PER_QUESTION,
+              "speech_voices": conversations.SPEECH_VOICES_PER_SENTENCE,
+              "speech_texts": [conversations.SPEECH_TEXTS, conversations.SPEECH_TEXT_TOKENS]}
+    if (meta.is_file() and json.loads(meta.read_text()) == wanted
+            and all((REPLAY / name).is_file() for name in ("spoken_chat.json", "speech_asr.jsonl"))):
         return False
-    followups = write_followups(REPLAY, system_prompts=_system_prompts(), seed=DATA_SEED)
-    spoken = write_spoken_chat(REPLAY, _speaker(), seed=DATA_SEED)
+    meta.unlink(missing_ok=True)
+    followups = conversations.write_followups(REPLAY, system_prompts=_system_prompts(), seed=DATA_SEED)
+    spoken = conversations.write_spoken_chat(REPLAY, _speaker(), seed=DATA_SEED)
+    conversations.write_speech_texts(REPLAY, seed=DATA_SEED)
+    speech = conversations.write_general_speech(REPLAY, _speaker(), seed=DATA_SEED)
     meta.write_text(json.dumps(wanted, indent=1) + "\n")
-    print(f"[conversations] {followups} follow-up dialogues, {spoken} spoken general questions", file=sys.stderr)
+    print(f"[conversations] {followups} follow-up dialogues, {spoken} spoken general questions, "
+          f"{speech} clips of general speech", file=sys.stderr)
     return True
 
 
@@ -225,9 +250,9 @@ def write_card(out: Path, fixture: Path = FIXTURE) -> None:
 # What each trained step's output was made from: when one of these is redone, the output is stale.
 INPUTS = {
     "vision": {"data"},
-    "audio": {"data", "vision"},
-    "align": {"data", "audio"},
-    "instruct": {"data", "replay", "conversations", "align"},
+    "audio": {"data", "vision", "conversations"},
+    "align": {"data", "audio", "conversations"},
+    "instruct": {"data", "dialogues", "replay", "conversations", "align"},
 }
 
 
@@ -245,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
     steps = [
         ("data", step_data),
+        ("dialogues", step_dialogues),
         ("replay", step_replay),
         ("conversations", step_conversations),
         ("vision", step_vision),

@@ -118,22 +118,35 @@ def write_replay(out_dir: str | Path, base: str = "starter-base", system_prompts
         chat.append({"id": f"replay-chat-{i:03d}", "conversations": turns})
     (out_dir / "chat.json").write_text(json.dumps(chat, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
 
-    # Plain text: sampled at temperature 1 (the model's own distribution, which perplexity scores),
-    # each text from its own seed so that a repeated opening gives another text.
-    openings = [TEXT_OPENINGS[i % len(TEXT_OPENINGS)] for i in range(text_samples)]
-    texts = []
-    for start in range(0, len(openings), batch_size):
-        chunk = openings[start:start + batch_size]
-        sampling = [GenerationSettings(max_new_tokens=text_tokens, temperature=1.0, seed=seed * 100_003 + start + i)
-                    for i in range(len(chunk))]
-        texts += [opening + reply.text for opening, reply in zip(chunk, assistant.continue_texts(chunk, sampling))]
-    with open(out_dir / "text.jsonl", "w", encoding="utf-8") as f:
-        for i, text in enumerate(texts):
-            f.write(json.dumps({"id": f"replay-text-{i:03d}", "text": text.strip()}, ensure_ascii=False) + "\n")
+    # Plain text at temperature 1: the model's own distribution, which perplexity scores.
+    texts = sample_texts(assistant, text_samples, text_tokens, seed, 1.0, batch_size)
+    write_texts(out_dir / "text.jsonl", texts, "replay-text")
     counts = {"chat": len(chat), "text": len(texts)}
     settings = replay_settings(base, system_prompts, text_samples, text_tokens, answer_tokens, seed)
     (out_dir / "metadata.json").write_text(json.dumps({**settings, **counts}, indent=1) + "\n", encoding="utf-8")
     return counts
+
+
+def sample_texts(assistant, n: int, tokens: int, seed: int, temperature: float, batch_size: int = 16) -> list[str]:
+    """`n` texts of up to `tokens` tokens continued by `assistant`'s LLM from TEXT_OPENINGS (in turn),
+    each from its own seed so that a repeated opening gives another text."""
+    from omniphi.chat import GenerationSettings
+
+    openings = [TEXT_OPENINGS[i % len(TEXT_OPENINGS)] for i in range(n)]
+    texts = []
+    for start in range(0, n, batch_size):
+        chunk = openings[start:start + batch_size]
+        sampling = [GenerationSettings(max_new_tokens=tokens, temperature=temperature, seed=seed * 100_003 + start + i)
+                    for i in range(len(chunk))]
+        texts += [(opening + reply.text).strip() for opening, reply in zip(chunk, assistant.continue_texts(chunk, sampling))]
+    return texts
+
+
+def write_texts(path: Path, texts: Sequence[str], prefix: str) -> None:
+    """`texts` as a ``{"id", "text"}`` JSON-lines file (the recipes' ``text`` format)."""
+    with open(path, "w", encoding="utf-8") as f:
+        for i, text in enumerate(texts):
+            f.write(json.dumps({"id": f"{prefix}-{i:03d}", "text": text}, ensure_ascii=False) + "\n")
 
 
 def replay_settings(base: str = "starter-base", system_prompts: Sequence[str | None] = (None,),

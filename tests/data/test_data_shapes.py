@@ -286,3 +286,36 @@ def test_dialogues_put_the_picture_before_after_or_between_the_first_question(tm
     assert {("image", "text"), ("text", "image"), ("text", "image", "text")} <= kinds
     plain = json.loads(write_dialogues(tmp_path, "train", spoken_fraction=0.0, seed=1).read_text())
     assert all(r["conversations"][0]["value"].startswith("<image>\n") for r in plain)  # the default keeps its layout
+
+
+def test_single_fraction_splits_some_images_into_one_record_per_question(tmp_path):
+    """single_fraction: some images give one record per question, each with its own picture and
+    placement (so the picture comes after the question in more answers); every question is still
+    asked exactly once, with its own answer."""
+    from omniphi.data.shapes import generate_shapes, write_dialogues
+
+    generate_shapes(tmp_path, n=60, seed=2, image_size=32)
+    typed = load(tmp_path, "train.json")
+    path = write_dialogues(tmp_path, "train", spoken_fraction=0.0, seed=2, mixed_order=True, single_fraction=0.5)
+    records = json.loads(path.read_text())
+    asked = {}
+    for record in records:
+        humans = [t["value"] for t in record["conversations"] if t["from"] == "human"]
+        answers = [t["value"] for t in record["conversations"] if t["from"] == "gpt"]
+        assert humans[0].count("<image>") == 1 and all("<image>" not in h for h in humans[1:])
+        for human, answer in zip(humans, answers):
+            question = [line for line in human.split("\n") if line and line != "<image>"][-1]  # after any lead-in
+            asked.setdefault((record["image"], question), []).append(answer)
+    assert sorted(asked) == sorted((r["image"], r["question"]) for r in typed)
+    assert all(len(answers) == 1 for answers in asked.values())
+    per_image = {}
+    for record in records:
+        per_image.setdefault(record["image"], []).append(record)
+    singles = [image for image, rs in per_image.items() if len(rs) > 1]
+    assert 0 < len(singles) < len(per_image)  # both kinds, about half each
+    assert len({r["id"] for r in records}) == len(records)
+    last = sum(r["conversations"][0]["value"].endswith("<image>") for r in records if r["conversations"][0]["from"] == "human")
+    dialogues_only = json.loads(write_dialogues(tmp_path, "train", spoken_fraction=0.0, seed=2, mixed_order=True).read_text())
+    last_before = sum(r["conversations"][0]["value"].endswith("<image>") for r in dialogues_only
+                      if r["conversations"][0]["from"] == "human")
+    assert last > last_before  # more questions with the picture after them

@@ -19,14 +19,15 @@ def test_skipped_steps_keep_their_recorded_time(monkeypatch, tmp_path):
             return did_work
         return run
 
-    for name in ("data", "replay", "conversations", "vision"):  # audio, align, instruct: step_recipe
+    for name in ("data", "dialogues", "replay", "conversations", "vision"):  # audio, align, instruct: step_recipe
         monkeypatch.setattr(build, f"step_{name}", step(name, did_work=True))
     monkeypatch.setattr(build, "step_recipe", lambda recipe: step(recipe, did_work=True)())
     monkeypatch.setattr(build, "step_package", step("package", did_work=True))
     assert build.main([]) == 0
     timings_path = tmp_path / "runs" / "timings.json"
     timings = json.loads(timings_path.read_text())
-    assert list(timings) == ["data", "replay", "conversations", "vision", "audio", "align", "instruct", "package"]
+    assert list(timings) == ["data", "dialogues", "replay", "conversations", "vision", "audio", "align", "instruct",
+                             "package"]
 
     timings_path.write_text(json.dumps({**timings, "vision": 804.0}))
     monkeypatch.setattr(build, "step_vision", step("vision", did_work=False))  # already done
@@ -74,14 +75,20 @@ def test_a_redone_step_discards_the_trained_outputs_made_from_it(monkeypatch, tm
         monkeypatch.setattr(build, f"step_{name}", trained(name))
     monkeypatch.setattr(build, "step_recipe", lambda recipe: trained(recipe.removeprefix("starter-"))())
     monkeypatch.setattr(build, "step_package", lambda install: True)
-    for name, redo in (("data", False), ("replay", False), ("conversations", False)):
+    for name, redo in (("data", False), ("dialogues", False), ("replay", False), ("conversations", False)):
         monkeypatch.setattr(build, f"step_{name}", lambda redo=redo: redo)
     build.main([])  # first build: everything trained
     build.main([])  # nothing redone: everything kept
     assert all(found.values())
-    monkeypatch.setattr(build, "step_conversations", lambda: True)  # new follow-ups: only instruct is stale
+    monkeypatch.setattr(build, "step_dialogues", lambda: True)  # new dialogue layout: only instruct is stale
     build.main([])
     assert found == {"vision": True, "audio": True, "align": True, "instruct": False}
+    monkeypatch.setattr(build, "step_dialogues", lambda: False)
+    build.main([])
+    # new conversations (general speech for the audio steps, spoken questions): vision is kept
+    monkeypatch.setattr(build, "step_conversations", lambda: True)
+    build.main([])
+    assert found == {"vision": True, "audio": False, "align": False, "instruct": False}
     monkeypatch.setattr(build, "step_conversations", lambda: False)
     monkeypatch.setattr(build, "step_data", lambda: True)  # new data: every trained step is stale
     build.main([])

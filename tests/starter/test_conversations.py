@@ -61,10 +61,46 @@ def test_spoken_chat_speaks_the_first_question_and_keeps_the_answers(tmp_path):
                                              {"from": "gpt", "value": "24."}]}]
     (tmp_path / "chat.json").write_text(json.dumps(chat))
     (tmp_path / "followups.json").write_text(json.dumps(follow))
-    n = conversations.write_spoken_chat(tmp_path, make_speaker(cache_dir=tmp_path / "tts"), hard_fraction=0.5)
+    n = conversations.write_spoken_chat(tmp_path, make_speaker(cache_dir=tmp_path / "tts"), hard_fraction=0.5, voices=3)
     spoken = json.loads((tmp_path / "spoken_chat.json").read_text())
-    assert n == 2 and [r["id"] for r in spoken] == ["c0", "f0"]
+    assert n == 6 and [r["id"] for r in spoken] == ["c0-v0", "c0-v1", "c0-v2", "f0-v0", "f0-v1", "f0-v2"]
     assert spoken[0]["conversations"][0]["value"] == "<audio>" and spoken[0]["spoken_text"] == "What is the capital of Japan?"
-    assert [t["value"] for t in spoken[1]["conversations"][2:]] == ["12.", "And if I double that?", "24."]
+    assert [t["value"] for t in spoken[4]["conversations"][2:]] == ["12.", "And if I double that?", "24."]
+    assert len({r["audio"] for r in spoken}) > 2  # copies are other voices (or hard versions), not one clip
     for record in spoken:
         assert len(media.load_audio(tmp_path / record["audio"])) > 8000
+
+
+def test_general_sentences_are_the_questions_and_the_speakable_sentences_of_the_base(tmp_path):
+    from omniphi.starter.replay import GENERAL_QUESTIONS
+
+    chat = [{"id": "c0", "conversations": [{"from": "human", "value": "Q?"}, {"from": "gpt", "value":
+            "The capital of Japan is Tokyo. It has 14 million people. **Tokyo** is big! Yes."}]}]
+    (tmp_path / "chat.json").write_text(json.dumps(chat))
+    (tmp_path / "followups.json").write_text("[]")
+    (tmp_path / "text.jsonl").write_text(json.dumps({"id": "t0", "text": "Once upon a time,\nthere was a river. "
+                                                                        "It ran to the sea."}) + "\n")
+    sentences = conversations.general_sentences(tmp_path)
+    assert sentences[:len(GENERAL_QUESTIONS)] == list(GENERAL_QUESTIONS)
+    assert {q for chain in conversations.FOLLOW_UPS for q in chain} <= set(sentences)
+    prose = sentences[len(set(GENERAL_QUESTIONS) | {q for c in conversations.FOLLOW_UPS for q in c}):]
+    # digits and markdown are read otherwise than written; one-word sentences teach no words
+    assert prose == ["The capital of Japan is Tokyo.", "Once upon a time, there was a river.", "It ran to the sea."]
+    assert len(sentences) == len(set(sentences))
+
+
+@pytest.mark.skipif(shutil.which("flite") is None or shutil.which("espeak-ng") is None, reason="needs flite and espeak-ng")
+def test_general_speech_is_an_asr_manifest_of_the_sentences_spoken_by_several_voices(tmp_path, monkeypatch):
+    from omniphi import media
+    from omniphi.data.speech import AsrManifestDataset
+    from omniphi.data.tts import make_speaker
+
+    monkeypatch.setattr(conversations, "general_sentences", lambda out: ["What do bees make?", "The river ran to the sea."])
+    n = conversations.write_general_speech(tmp_path, make_speaker(cache_dir=tmp_path / "tts"), hard_fraction=0.5, voices=2)
+    rows = [json.loads(line) for line in (tmp_path / "speech_asr.jsonl").read_text().splitlines()]
+    assert n == len(rows) == 4
+    assert [r["text"] for r in rows] == ["What do bees make?"] * 2 + ["The river ran to the sea."] * 2
+    for row in rows:
+        assert len(media.load_audio(tmp_path / row["audio"])) > 8000
+    manifest = AsrManifestDataset(tmp_path / "speech_asr.jsonl")  # what the audio recipes read
+    assert len(manifest) == 4 and manifest[0]["messages"][-1]["content"][0]["text"] == "What do bees make?"
