@@ -17,14 +17,36 @@ keep their dtype. Quantising happens once, when the model is loaded.
 
 from __future__ import annotations
 
+import threading
 from typing import Literal
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 Quantization = Literal["none", "int8", "int4"]
 QUANTIZATIONS: tuple[str, ...] = ("none", "int8", "int4")
 INT4_GROUP_SIZES = (128, 64, 32)  # the first that divides a layer's input size is used
+# From this many rows (a prompt's prefill, not a decode step) an int8 layer converts its weight into a
+# bf16 scratch matrix and runs one dense matmul: the weight-only kernel is a matrix-vector product whose
+# time grows with every row, while converting costs about one pass over the weight. On the 2-core
+# development CPU (a 10240x2560 layer) the two cross at about 90 rows; at 623 rows the dense path is ~8x.
+DENSE_PREFILL_ROWS = 96
+_scratch = threading.local()  # per thread: two engines in two threads must not share a scratch matrix
+
+
+def _scratch_matrix(shape: torch.Size, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A reusable matrix of `shape`, grown as needed, one per thread, dtype and device: allocating a
+    fresh one per layer and call costs more than the conversion itself."""
+    key = (dtype, device)
+    store = getattr(_scratch, "matrices", None)
+    if store is None:
+        store = _scratch.matrices = {}
+    numel = shape[0] * shape[1]
+    matrix = store.get(key)
+    if matrix is None or matrix.numel() < numel:
+        matrix = store[key] = torch.empty(numel, dtype=dtype, device=device)
+    return matrix[:numel].view(shape)
 
 
 class Int8WeightOnlyLinear(nn.Module):
@@ -43,7 +65,13 @@ class Int8WeightOnlyLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         flat = x.reshape(-1, self.in_features).to(self.scale.dtype)
-        y = torch.ops.aten._weight_int8pack_mm(flat, self.weight_int8, self.scale)
+        if flat.shape[0] >= DENSE_PREFILL_ROWS:
+            # int8 values are exact in bf16/fp16, and the scale is per output row, so scaling the product
+            # equals multiplying by the dequantised weight
+            weight = _scratch_matrix(self.weight_int8.shape, flat.dtype, flat.device).copy_(self.weight_int8)
+            y = F.linear(flat, weight) * self.scale
+        else:
+            y = torch.ops.aten._weight_int8pack_mm(flat, self.weight_int8, self.scale)
         if self.bias is not None:
             y = y + self.bias
         return y.reshape(*shape[:-1], self.out_features).to(x.dtype)

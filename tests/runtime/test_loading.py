@@ -11,7 +11,7 @@ from torch import nn
 from omniphi import presets, runtime
 from omniphi.errors import DeviceError, UserError, is_user_error
 from omniphi.runtime import devices, loading, trained
-from omniphi.runtime.quantize import Int4WeightOnlyLinear, Int8WeightOnlyLinear
+from omniphi.runtime.quantize import DENSE_PREFILL_ROWS, Int4WeightOnlyLinear, Int8WeightOnlyLinear
 
 CONVERSATION = [{"role": "user", "content": [{"type": "image", "image": Image.new("RGB", (40, 30), (200, 20, 20))},
                                              {"type": "text", "text": "What colour is the circle?"}]}]
@@ -108,6 +108,19 @@ def test_quantized_layers_compute_with_their_stored_weights():
     step = (linear.weight.max() - linear.weight.min()) / 15  # at most one 4-bit step per weight
     assert (int4(x) - linear(x)).abs().max() < step * x.abs().sum(dim=1).max()
     assert torch.cosine_similarity(int4(x).flatten(), linear(x).flatten(), dim=0) > 0.99
+
+
+def test_int8_prefill_through_a_dense_matmul_matches_the_kernel_row_by_row():
+    torch.manual_seed(0)
+    linear = nn.Linear(256, 48)
+    int8 = Int8WeightOnlyLinear(linear, torch.bfloat16)
+    prompt = torch.randn(2, DENSE_PREFILL_ROWS, 256)  # 2 x 96 rows: the dense path
+    dense = int8(prompt)
+    one_row_at_a_time = torch.stack([torch.cat([int8(row[None]) for row in sequence]) for sequence in prompt])
+    assert dense.shape == (2, DENSE_PREFILL_ROWS, 48)
+    torch.testing.assert_close(dense, one_row_at_a_time, atol=0.05, rtol=0.02)
+    expected = prompt @ int8.dequantized_weight().T + linear.bias
+    torch.testing.assert_close(dense, expected, atol=0.05, rtol=0.02)
 
 
 def test_model_directory_preferences_fill_in_auto(reference, tmp_path):
