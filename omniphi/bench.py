@@ -224,6 +224,7 @@ def bench(spec: str, *, device: torch.device, configs: list[tuple[str, str]], ne
     import gc
 
     from omniphi.runtime.assistant import Assistant
+    from omniphi.runtime.fast_ops import install_fast_ops
     from omniphi.runtime.loading import load, load_weights
 
     _progress(f"loading {spec} (float32)")
@@ -233,6 +234,7 @@ def bench(spec: str, *, device: torch.device, configs: list[tuple[str, str]], ne
     _progress(f"bandwidth {bandwidth:.1f} GB/s; baseline: transformers generate, float32")
     baseline_decode, baseline_ttft = baseline(loaded, new_tokens, device)
     _progress(f"baseline: decode {baseline_decode:.2f} tok/s, TTFT {baseline_ttft:.2f} s")
+    install_fast_ops(loaded.model)  # from here on, the model as `load` gives it to omniphi ask/serve
 
     def result(model_loaded, dtype: str, quantize: str) -> BenchResult:
         numbers = measure(Assistant(model_loaded), new_tokens, device)

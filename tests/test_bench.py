@@ -56,3 +56,22 @@ def test_phi2_random_has_the_sizes_of_phi2_clip_l_336_and_whisper_tiny():
     assert sum(p.numel() for p in tower.parameters()) == 303_507_456  # ViT-L/14 (303,179,776) + 320 positions × 1024
     assert (CLIP_L_336["image_size"] // CLIP_L_336["patch_size"]) ** 2 == 576
     assert WhisperConfig(**WHISPER_TINY).d_model == 384
+
+
+def test_bench_measures_every_configuration_as_load_gives_it(capsys, monkeypatch):
+    """The unquantised configurations reuse the baseline's plain model: they must run the fast ops that
+    `omniphi.runtime.load` installs for `omniphi ask/serve`, or the table measures something users never run."""
+    from omniphi import bench
+    from omniphi.runtime.fast_ops import DECODE_ATTENTION
+
+    measured = []
+    real_measure = bench.measure
+
+    def recording_measure(assistant, new_tokens, device):
+        measured.append(assistant.model.language_model.config._attn_implementation)
+        return real_measure(assistant, new_tokens, device)
+
+    monkeypatch.setattr(bench, "measure", recording_measure)
+    assert main(["bench", "--model", "tiny", "--new-tokens", "2", "--dtype", "float32", "--quantize", "none,int8",
+                 "--json"]) == 0
+    assert measured == [DECODE_ATTENTION, DECODE_ATTENTION]
