@@ -1,7 +1,7 @@
 """Faster equivalents of two transformers paths that dominate a CPU decode step besides the weights.
 
-`install_fast_ops(model)` runs once at load (`omniphi.runtime.load`). Both replacements compute the
-same function; only rounding differs (they are, if anything, more precise):
+`install_fast_ops(model)` runs once at load (`omniphi.runtime.load`). The replacements compute the
+same functions; only rounding differs (they are, if anything, more precise):
 
 - **GELU (tanh form)**: transformers' `NewGELUActivation` (Phi's `gelu_new`) is five element-wise ops;
   in bf16 on this CPU they cost ~100× torch's fused `gelu(approximate="tanh")`, the same formula.
@@ -9,6 +9,10 @@ same function; only rounding differs (they are, if anything, more precise):
   queries; for a single query two small matmuls over the cached keys and values (with grouped-query
   heads as a reshape, not a copy) are several times faster. Longer queries (prefill) and other
   devices keep SDPA.
+- **The LLM's Linear layers in bf16/fp16 for a few rows** (decoding one to a few sequences): torch's
+  `linear` reads a half-precision weight well below the memory bandwidth for a row vector, while the
+  same product as a matrix-vector product (`mv`, or weight @ input^T for several rows) reads it near
+  the bandwidth. float32 and longer inputs keep `linear`, which is as fast or faster there.
 
 Measured by bench/decode_ops.py (numbers in the README, "Speed: the inference engine").
 """
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 from transformers import AttentionInterface
 from transformers.activations import NewGELUActivation
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
@@ -55,9 +60,34 @@ AttentionInterface.register(DECODE_ATTENTION, decode_attention)
 AttentionMaskInterface.register(DECODE_ATTENTION, sdpa_mask)
 
 
+FEW_ROWS = 32  # up to this many rows (the sequences of a decode batch) a Linear runs as matrix @ vectors
+HALF_PRECISION = (torch.bfloat16, torch.float16)
+
+
+class FewRowLinear(nn.Linear):
+    """nn.Linear whose CPU products in half precision for at most FEW_ROWS rows are computed as the
+    weight times the inputs (see the module docstring); everything else is `F.linear`. Same parameters
+    and state-dict keys as nn.Linear: `install_fast_ops` switches a layer's class in place."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.numel() // self.in_features
+        if (rows > FEW_ROWS or x.device.type != "cpu" or x.dtype not in HALF_PRECISION
+                or self.weight.dtype != x.dtype):
+            return F.linear(x, self.weight, self.bias)
+        flat = x.reshape(rows, self.in_features)
+        y = torch.mv(self.weight, flat[0])[None] if rows == 1 else torch.matmul(self.weight, flat.t()).t()
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+
 def install_fast_ops(model: nn.Module) -> None:
     """Switch `model` (an omniphi model, or any transformers LLM) to the fast paths, in place."""
     language_model = getattr(model, "language_model", model)
+    for module in language_model.modules():
+        if type(module) is nn.Linear:
+            # a class switch keeps the very same parameters (and so tied output heads and LoRA's base layers)
+            module.__class__ = FewRowLinear
     for parent in list(language_model.modules()):
         for name, child in list(parent.named_children()):
             if type(child) is NewGELUActivation:

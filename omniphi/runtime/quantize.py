@@ -143,7 +143,7 @@ def decoder_linears(language_model: nn.Module):
     bitsandbytes' integration does). LoRA's own layers are excluded too."""
     head = language_model.get_output_embeddings()
     for name, module in language_model.named_modules():
-        if type(module) is nn.Linear and module is not head and "lora_" not in name:
+        if isinstance(module, nn.Linear) and module is not head and "lora_" not in name:
             yield name, module
 
 
@@ -156,7 +156,7 @@ def quantize_linear_layers_(module: nn.Module, mode: Quantization, layers=None) 
     if mode == "none":
         return 0
     if layers is None:
-        layers = [(n, m) for n, m in module.named_modules() if type(m) is nn.Linear]
+        layers = [(n, m) for n, m in module.named_modules() if isinstance(m, nn.Linear)]
     replaced = 0
     for name, linear in list(layers):
         if mode == "int8":

@@ -11,7 +11,7 @@ from transformers.activations import NewGELUActivation
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from omniphi import presets
-from omniphi.runtime.fast_ops import DECODE_ATTENTION, decode_attention, install_fast_ops
+from omniphi.runtime.fast_ops import DECODE_ATTENTION, FEW_ROWS, FewRowLinear, decode_attention, install_fast_ops
 from omniphi.runtime.loading import load
 
 
@@ -60,6 +60,9 @@ def test_install_fast_ops_keeps_a_padded_batchs_next_token_logits(flavour):
     install_fast_ops(fast)
     assert not any(type(m) is NewGELUActivation for m in fast.modules())
     assert fast.config._attn_implementation == DECODE_ATTENTION
+    assert not any(type(m) is nn.Linear for m in fast.modules())  # all FewRowLinear
+    if language_model.config.tie_word_embeddings:  # the class switch kept the head tied to the embeddings
+        assert fast.get_output_embeddings().weight is fast.get_input_embeddings().weight
     ids = torch.randint(0, 100, (2, 30))
     mask = torch.ones(2, 30, dtype=torch.long)
     mask[1, :7] = 0
@@ -79,3 +82,21 @@ def test_load_switches_models_to_the_fast_paths():
     model = load("tiny", dtype="float32").model
     assert model.language_model.config._attn_implementation == DECODE_ATTENTION
     assert not any(type(m) is NewGELUActivation for m in model.modules())
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("rows", [1, 3, FEW_ROWS + 8])
+def test_few_row_linear_computes_what_linear_computes(dtype, rows):
+    torch.manual_seed(0)
+    plain = nn.Linear(64, 48).to(dtype)
+    fast = copy.deepcopy(plain)
+    fast.__class__ = FewRowLinear
+    x = torch.randn(1, rows, 64, dtype=dtype)  # [batch, sequence, features], as the LLM calls it
+    expected = copy.deepcopy(plain).float()(x.float())  # the same weights, summed in float32
+    got = fast(x)
+    assert got.shape == (1, rows, 48) and got.dtype == dtype
+    tolerance = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 5e-2}[dtype]
+    torch.testing.assert_close(got.float(), expected, atol=tolerance, rtol=tolerance)
+    # no worse than torch's own half-precision linear
+    own_error = (plain(x).float() - expected).abs().max()
+    assert (got.float() - expected).abs().max() <= 2 * own_error + 1e-6
