@@ -581,8 +581,9 @@ def test_dark_theme_and_phone(browser, server: Server, shot, tmp_path):
     page.get_by_test_id("setting-theme-dark").check(force=True)
     page.get_by_test_id("settings-save").click()
     expect(page.locator("html")).to_have_attribute("data-theme", "dark")
-    bg = page.evaluate("getComputedStyle(document.body).backgroundColor")
-    assert bg != "rgb(255, 255, 255)", bg
+    # the dark colours can reach the computed style a frame after the attribute (Chromium 156.0.8078.114)
+    page.wait_for_function("getComputedStyle(document.body).backgroundColor !== 'rgb(255, 255, 255)'",
+                           timeout=3000)
     shot(page, "01-dark-desktop")
     page.reload()
     expect(page.locator("html")).to_have_attribute("data-theme", "dark")

@@ -32,7 +32,9 @@ def test_qlora_quantises_only_the_llm_linears_and_lora_wraps_only_the_llm():
     before = {n: p.detach().clone() for n, p in model.named_parameters() if not n.startswith("language_model.")}
     count = quantize_nf4(model.language_model, "cpu", torch.float32)
     assert count == 2 * 6  # 2 layers × (q, k, v, dense, fc1, fc2)
-    assert model.language_model.get_output_embeddings() is head and type(head) is nn.Linear
+    # the head keeps its precision: a plain Linear (fast_ops' FewRowLinear after load), not a 4-bit one
+    assert model.language_model.get_output_embeddings() is head and isinstance(head, nn.Linear)
+    assert not isinstance(head, bnb.nn.Linear4bit)
     for name in ("vision_tower", "multi_modal_projector", "audio_tower", "audio_projector"):
         assert not any(isinstance(m, bnb.nn.Linear4bit) for m in getattr(model, name).modules()), name
     layer = model.language_model.model.layers[0].self_attn.q_proj
