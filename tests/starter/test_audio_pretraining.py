@@ -44,11 +44,13 @@ def test_pretraining_teaches_the_projector_to_spell_the_questions(tmp_path, spok
     from omniphi.runtime.trained import read_meta
 
     out = tmp_path / "audio"
-    # The starter build's own recipe, on 16 fixture clips instead of 2,048
+    # The starter build's own recipe, on 16 fixture clips instead of 2,048; its second source, the general
+    # speech `make starter` writes (data/starter-replay/speech_asr.jsonl), is 4 of the same clips here
     recipe = load_recipe(ROOT / "recipes" / "starter-audio.yaml", [
         ("model.base", "starter-base"), ("output_dir", str(out)), ("epochs", "12"), ("batch_size", "8"),
         ("learning_rate", "5e-3"), ("negatives", "256"),
         ("data.train.0.path", str(spoken_questions / "train_asr.jsonl")), ("data.train.0.limit", "16"),
+        ("data.train.1.path", str(spoken_questions / "train_asr.jsonl")), ("data.train.1.limit", "4"),
         ("data.eval.0.path", str(spoken_questions / "val_asr.jsonl")), ("data.eval.0.limit", "8")])
     result = run_training(recipe)
     accuracy = {k.removeprefix("val_spelling_"): v for k, v in result.metrics.items() if k.startswith("val_spelling_")}
