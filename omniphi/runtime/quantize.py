@@ -29,8 +29,9 @@ QUANTIZATIONS: tuple[str, ...] = ("none", "int8", "int4")
 INT4_GROUP_SIZES = (128, 64, 32)  # the first that divides a layer's input size is used
 # From this many rows (a prompt's prefill, not a decode step) an int8 layer converts its weight into a
 # bf16 scratch matrix and runs one dense matmul: the weight-only kernel is a matrix-vector product whose
-# time grows with every row, while converting costs about one pass over the weight. On the 2-core
-# development CPU (a 10240x2560 layer) the two cross at about 90 rows; at 623 rows the dense path is ~8x.
+# time grows with every row, while converting costs about one pass over the weight. Where the two cross
+# depends on the CPU's bf16 matmul (`bench/layer_paths.py --prefill-rows N` compares them); 96 keeps decode
+# batches and short follow-up turns on the int8 kernel, which reads half the bytes.
 DENSE_PREFILL_ROWS = 96
 _scratch = threading.local()  # per thread: two engines in two threads must not share a scratch matrix
 

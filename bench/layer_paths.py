@@ -1,0 +1,71 @@
+"""The two per-layer paths omniphi picks by the number of rows, each against the path it replaces,
+on Phi-2's largest Linear (10240 x 2560), in one run:
+
+- an int8 layer (omniphi.runtime.quantize) given a prefill's rows: torch's int8 weight-only kernel
+  against the dense path (the int8 weight copied into a bf16 scratch matrix, one matmul, scaled);
+- a bf16 layer (omniphi.runtime.fast_ops.FewRowLinear) given a decode step's rows: `F.linear` against
+  the weight @ inputs product; several weights in turn, so that the cache does not hold the one read.
+
+    .venv/bin/python bench/layer_paths.py [--prefill-rows 623] [--decode-rows 1,4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from omniphi.runtime import quantize
+from omniphi.runtime.fast_ops import FewRowLinear
+from omniphi.runtime.quantize import Int8WeightOnlyLinear
+
+OUT_FEATURES, IN_FEATURES = 10240, 2560
+
+
+def best_ms(run, repeats: int = 5) -> float:
+    run()  # the first call pays for allocations
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - started)
+    return best * 1e3
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--prefill-rows", type=int, default=623)
+    parser.add_argument("--decode-rows", default="1,4")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+
+    int8 = Int8WeightOnlyLinear(nn.Linear(IN_FEATURES, OUT_FEATURES, bias=False), torch.bfloat16)
+    prompt = torch.randn(args.prefill_rows, IN_FEATURES, dtype=torch.bfloat16)
+    kernel = best_ms(lambda: torch.ops.aten._weight_int8pack_mm(prompt, int8.weight_int8, int8.scale))
+    chosen = quantize.DENSE_PREFILL_ROWS
+    quantize.DENSE_PREFILL_ROWS = 1  # the dense path whatever the rows, to see where the two cross
+    dense = best_ms(lambda: int8(prompt))
+    quantize.DENSE_PREFILL_ROWS = chosen
+    used = "dense" if args.prefill_rows >= chosen else "kernel"
+    print(f"int8, {args.prefill_rows} rows: kernel {kernel:.1f} ms, dense path {dense:.1f} ms ({kernel / dense:.1f}x); "
+          f"omniphi runs the {used} path here (dense from {chosen} rows)")
+
+    plain = [nn.Linear(IN_FEATURES, OUT_FEATURES, bias=False).to(torch.bfloat16) for _ in range(8)]
+    few = []
+    for layer in plain:
+        switched = copy.deepcopy(layer)
+        switched.__class__ = FewRowLinear
+        few.append(switched)
+    for rows in (int(r) for r in args.decode_rows.split(",")):
+        x = torch.randn(rows, IN_FEATURES, dtype=torch.bfloat16)
+        linear = best_ms(lambda: [F.linear(x, layer.weight) for layer in plain]) / len(plain)
+        fast = best_ms(lambda: [layer(x) for layer in few]) / len(few)
+        print(f"bf16, {rows} row(s): F.linear {linear:.2f} ms, FewRowLinear {fast:.2f} ms ({linear / fast:.2f}x)")
+
+
+if __name__ == "__main__":
+    main()
