@@ -15,6 +15,7 @@ import time
 from typing import Callable
 
 from omniphi.errors import UserError, is_user_error
+from omniphi.templates import MEDIA_PLACEMENTS
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
@@ -83,7 +84,7 @@ def run_reporting_errors(prog: str, command: Callable[[argparse.Namespace], int 
 
 # -- the model options every answering command takes ---------------------------------------------------
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """--model, --device, --dtype, --quantize (ask, chat, serve, eval)."""
+    """--model, --device, --dtype, --quantize, --media-placement (ask, chat, serve, eval)."""
     parser.add_argument("--model", default="starter", help="preset (starter, phi2, tiny) or model directory")
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     parser.add_argument("--dtype", default="auto", choices=DTYPES,
@@ -92,6 +93,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quantize", default="auto", choices=QUANTIZATIONS,
                         help="weight-only quantisation of the LLM's layers (towers stay as they are); "
                              "auto: the model's preference, else none")
+    parser.add_argument("--media-placement", default="auto", choices=("auto",) + MEDIA_PLACEMENTS,
+                        help="where a message's pictures and clips go in the prompt: as_given (the order sent) or "
+                             "before_text; auto: the model's own (the starter's: before_text)")
 
 
 def load_assistant(args: argparse.Namespace):
@@ -107,6 +111,8 @@ def load_assistant(args: argparse.Namespace):
     hf_logging.disable_progress_bar()
     started = time.perf_counter()
     assistant = Assistant.load(args.model, device=args.device, dtype=args.dtype, quantize=args.quantize)
+    if getattr(args, "media_placement", "auto") != "auto":
+        assistant.model.config.media_placement = args.media_placement
     if os.environ.get("OMNIPHI_TIMING"):
         print(f"[loaded {assistant.name} in {time.perf_counter() - started:.1f} s]", file=sys.stderr)
     return assistant

@@ -38,6 +38,7 @@ class OmniConfig(PretrainedConfig):
         audio_stack_factor: int = 8,
         audio_projector_hidden_size: int | None = None,
         chat_template_name: str = "auto",  # a name in omniphi.templates, or "auto" (tokenizer's own, else llava-phi)
+        media_placement: str = "as_given",  # omniphi.templates.MEDIA_PLACEMENTS: where a message's media go
         image_size: int | None = None,
         image_mean: list[float] | None = None,
         image_std: list[float] | None = None,
@@ -56,6 +57,7 @@ class OmniConfig(PretrainedConfig):
         self.audio_stack_factor = audio_stack_factor
         self.audio_projector_hidden_size = audio_projector_hidden_size
         self.chat_template_name = chat_template_name
+        self.media_placement = media_placement
         if self.vision_config is not None and image_size is None:
             image_size = self.vision_config.image_size
         self.image_size = image_size

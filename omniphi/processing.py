@@ -25,7 +25,8 @@ from omniphi.chat import Conversation, content_parts
 from omniphi.config import OmniConfig
 from omniphi.errors import UserError
 from omniphi.model.audio_encoder import MEL_FRAMES_PER_WINDOW, audio_token_count
-from omniphi.templates import TEMPLATES, RenderedPrompt, end_of_turn_token, resolve_template_name
+from omniphi.templates import (TEMPLATES, RenderedPrompt, check_media_placement, end_of_turn_token, place_media,
+                               resolve_template_name)
 
 IGNORE_INDEX = -100
 SAMPLING_RATE = 16_000
@@ -77,6 +78,7 @@ class OmniProcessor:
         self.tokenizer = tokenizer
         self.config = config
         self.template = resolve_template_name(config.chat_template_name, tokenizer)
+        check_media_placement(config.media_placement)
         self.image_token, self.audio_token = config.image_token, config.audio_token
         self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
         self.audio_token_id = tokenizer.convert_tokens_to_ids(self.audio_token)
@@ -111,6 +113,7 @@ class OmniProcessor:
         return sorted(i for i in ids if i is not None)
 
     def render(self, messages: Conversation, add_generation_prompt: bool) -> RenderedPrompt:
+        messages = place_media(messages, self.config.media_placement)
         return TEMPLATES[self.template](messages, self.tokenizer, self.image_token, self.audio_token, add_generation_prompt)
 
     # -- media --------------------------------------------------------------------------------------

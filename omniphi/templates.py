@@ -4,6 +4,12 @@ Registry, not substring dispatch: a template is chosen by name (`OmniConfig.chat
 "auto" means the tokenizer's own chat template where it has one, else "llava-phi".
 Media parts render as their placeholder token followed by a newline (LLaVA's "<image>\n"); the
 processor expands each placeholder to the exact number of feature tokens afterwards.
+
+Where a message's media go is the model's `media_placement` (`MEDIA_PLACEMENTS`): "as_given" keeps
+the parts in the order the user sent them; "before_text" puts a message's pictures and clips before
+its text, in their own order — LLaVA's training layout, and what vLLM and Ollama do for such models. A
+model that reads a picture after the question worse than before it (a small one) records
+"before_text", so the user's part order does not change its answer.
 """
 
 from __future__ import annotations
@@ -28,6 +34,31 @@ class RenderedPrompt:
     # [start, end) character spans of each assistant answer *including* its end-of-turn token:
     # exactly the characters whose tokens are trained (labels ≠ -100).
     answer_spans: list[tuple[int, int]]
+
+
+MEDIA_PLACEMENTS = ("as_given", "before_text")
+
+
+def check_media_placement(placement: str) -> str:
+    if placement not in MEDIA_PLACEMENTS:
+        raise ValueError(f"media_placement must be one of {', '.join(MEDIA_PLACEMENTS)}, not {placement!r}")
+    return placement
+
+
+def place_media(messages: Conversation, placement: str) -> Conversation:
+    """The conversation with each message's media parts where `placement` puts them. A message whose
+    content is a string (placeholders written in it) is left as it is."""
+    if check_media_placement(placement) == "as_given":
+        return messages
+    placed = []
+    for message in messages:
+        if isinstance(message.get("content"), str):
+            placed.append(message)
+            continue
+        parts = content_parts(message)
+        media = [p for p in parts if p["type"] != "text"]
+        placed.append({**message, "content": media + [p for p in parts if p["type"] == "text"]})
+    return placed
 
 
 def render_content(message, image_token: str, audio_token: str) -> str:
@@ -117,18 +148,21 @@ def resolve_template_name(name: str, tokenizer) -> str:
 
 # Renders one message's content as omniphi's templates do (omniphi.templates.render_content): a string
 # as it is; a list of parts in order, text as text, each image as "<image>\n" and each audio clip as
-# "<audio>\n". Takes the part shapes of llava-hf processors and of vLLM's "openai" content format
-# ({"type": "image"}, {"type": "audio"}, {"type": "text", "text": ...}) as well as plain strings.
+# "<audio>\n" (with media_placement "before_text": first the media, then the text parts). Takes the part
+# shapes of llava-hf processors and of vLLM's "openai" content format ({"type": "image"},
+# {"type": "audio"}, {"type": "text", "text": ...}) as well as plain strings.
 _FLATTEN_MACRO = """\
 {%- macro omniphi_content(message) -%}
 {%- if message['content'] is string -%}{{ message['content'] }}
 {%- else -%}{%- for part in message['content'] -%}
-{%- if part['type'] == 'text' -%}{{ part['text'] }}
+{%- if part['type'] == 'text' -%}TEXT_IN_ORDER
 {%- elif part['type'] == 'image' -%}{{ IMAGE_TOKEN }}{{ '\\n' }}AUDIO_BRANCH
 {%- else -%}{{ raise_exception('this model takes MEDIA parts, not ' ~ part['type']) }}
-{%- endif -%}{%- endfor -%}{%- endif -%}
+{%- endif -%}{%- endfor -%}TEXT_LAST{%- endif -%}
 {%- endmacro -%}
 """
+_TEXT_PART = "{{ part['text'] }}"
+_TEXT_LAST = "{%- for part in message['content'] if part['type'] == 'text' -%}" + _TEXT_PART + "{%- endfor -%}"
 
 # The tokenizer's own template, run on the flattened messages (so it sees strings, as it expects).
 _FLATTENED_MESSAGES = """\
@@ -164,8 +198,11 @@ def jinja_chat_template(processor: "OmniProcessor", with_audio: bool) -> str:
     audio_branch = ""
     if with_audio:
         audio_branch = "\n{%- elif part['type'] == 'audio' -%}{{ " + _jinja_string(processor.audio_token) + " }}{{ '\\n' }}"
+    media_first = check_media_placement(processor.config.media_placement) == "before_text"
     macro = (_FLATTEN_MACRO.replace("IMAGE_TOKEN", _jinja_string(processor.image_token))
-             .replace("AUDIO_BRANCH", audio_branch).replace("MEDIA", "text, image and audio" if with_audio else "text and image"))
+             .replace("AUDIO_BRANCH", audio_branch).replace("MEDIA", "text, image and audio" if with_audio else "text and image")
+             .replace("TEXT_IN_ORDER", "" if media_first else _TEXT_PART)
+             .replace("TEXT_LAST", _TEXT_LAST if media_first else ""))
     if processor.template == "tokenizer":
         return macro + _FLATTENED_MESSAGES + processor.tokenizer.chat_template
     if processor.template == "llava-phi":

@@ -80,6 +80,19 @@ def test_ask_passes_the_model_options_to_the_loader(monkeypatch, capsys):
     assert seen == {"spec": "tiny", "device": "cpu", "dtype": "float32", "quantize": "int4"}
 
 
+def test_media_placement_option_overrides_the_models_own(monkeypatch):
+    """`--media-placement as_given` measures a media-first model (the starter) with the parts as sent."""
+    from omniphi.cli_support import load_assistant
+    from omniphi.runtime.assistant import Assistant
+
+    config = type("Config", (), {"media_placement": "before_text"})()
+    loaded = type("Loaded", (), {"model": type("Model", (), {"config": config})()})()
+    monkeypatch.setattr(Assistant, "load", staticmethod(lambda spec, **options: loaded))
+    for given, expected in (("auto", "before_text"), ("as_given", "as_given")):
+        args = cli.build_parser("eval").parse_args(["eval", "--task", "pope", "--data", "x", "--media-placement", given])
+        assert load_assistant(args).model.config.media_placement == expected
+
+
 def test_bad_dtype_is_rejected_by_the_parser(capsys):
     with pytest.raises(SystemExit) as caught:
         cli.build_parser("ask").parse_args(["ask", "--dtype", "int8", "hi"])

@@ -24,10 +24,13 @@ def as_engine_parts(messages):
              [p if p["type"] == "text" else {"type": p["type"]} for p in m["content"]]} for m in messages]
 
 
+@pytest.mark.parametrize("placement", ["as_given", "before_text"])
 @pytest.mark.parametrize("flavour", ["phi", "chatml"])
 @pytest.mark.parametrize("add_generation_prompt", [True, False])
-def test_jinja_template_renders_audio_and_images_where_omniphi_does(flavour, add_generation_prompt, tiny, tiny_chatml):
+def test_jinja_template_renders_audio_and_images_where_omniphi_does(flavour, add_generation_prompt, placement, tiny,
+                                                                    tiny_chatml, monkeypatch):
     loaded = {"phi": tiny, "chatml": tiny_chatml}[flavour]
+    monkeypatch.setattr(loaded.model.config, "media_placement", placement)
     template = jinja_chat_template(loaded.processor, with_audio=True)
     rendered = loaded.processor.tokenizer.apply_chat_template(
         as_engine_parts(conversation()), chat_template=template, tokenize=False, add_generation_prompt=add_generation_prompt)

@@ -1,7 +1,9 @@
 """The training-output format, read side: what `omniphi train` writes (each checkpoint-N too) and how
 it is applied to its base when loaded. `omniphi.train.outputs` writes it.
 
-    omniphi_trained.json               base model spec (+ fingerprint), stage, LoRA / quantisation, step
+    omniphi_trained.json               base model spec (+ fingerprint), stage, LoRA / quantisation, step;
+                                       optionally "media_placement" (how the model is served prompts,
+                                       omniphi.templates), which overrides its base's
     adapter/                           PEFT LoRA adapter of the LLM (standard adapter_config.json +
                                        adapter_model.safetensors), when the run used LoRA
     non_lora_trainables.safetensors    everything else that trained (projectors, an unfrozen tower, or a
@@ -29,6 +31,7 @@ from torch import nn
 from omniphi import presets
 from omniphi.errors import UserError
 from omniphi.model_card import copy_model_files
+from omniphi.templates import check_media_placement
 
 MARKER = "omniphi_trained.json"
 ADAPTER_DIR = "adapter"
@@ -143,6 +146,8 @@ def apply_stage(model: nn.Module, directory: Path, meta: dict, *, dtype: torch.d
         nf4_round_trip_(model.language_model, getattr(torch, meta.get("quantized_dtype", "float32")))
     if meta.get("non_lora_trainables"):
         load_non_lora(model, directory, meta)
+    if meta.get("media_placement"):
+        model.config.media_placement = check_media_placement(meta["media_placement"])
     if meta.get("has_adapter"):
         from peft import PeftModel
 
@@ -172,14 +177,15 @@ def nf4_round_trip_(language_model: nn.Module, quantized_dtype: torch.dtype) -> 
 
 
 # -- re-basing a chain of stages --------------------------------------------------------------------------
-def flatten_trained(directory: str | Path, out: str | Path) -> dict:
+def flatten_trained(directory: str | Path, out: str | Path, *, media_placement: str | None = None) -> dict:
     """Write the training output `directory` again as one output on the preset at the root of its
     chain of stages (stage 3 on stage 2's output on stage 1's on a preset): the adapter, and every
     non-LoRA weight any stage trained, with their final values. Shipping a model then needs no
     intermediate run directories (the committed starter weights are made this way).
 
     Only one stage of the chain may carry a LoRA adapter (adapters of two stages would have to be
-    merged into the LLM first, and the result would no longer be small)."""
+    merged into the LLM first, and the result would no longer be small). `media_placement` records how
+    the flattened model is served prompts; otherwise the newest stage's record, if any, is kept."""
     import shutil
 
     directory, out = Path(directory), Path(out)
@@ -221,6 +227,9 @@ def flatten_trained(directory: str | Path, out: str | Path) -> dict:
         "has_adapter": bool(adapters),
         "non_lora_trainables": names,
     }
+    media_placement = media_placement or next((m["media_placement"] for _, m in chain if m.get("media_placement")), None)
+    if media_placement:
+        meta["media_placement"] = check_media_placement(media_placement)
     (out / MARKER).write_text(json.dumps(meta, indent=2, default=str) + "\n")
     copy_model_files(directory, out)  # the last stage's generation defaults and model card
     return meta

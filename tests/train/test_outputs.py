@@ -178,3 +178,27 @@ def test_generation_defaults_and_card_travel_through_flatten_and_merge(tmp_path,
         defaults = assistant.generation_defaults
         assert (defaults.temperature, defaults.max_new_tokens) == (0.3, 21), directory
         assert assistant.card.suggestions[0].media["image"].read_bytes() == (run / "pic.png").read_bytes()
+
+
+def test_media_placement_travels_through_flatten_and_merge(tmp_path, shapes):
+    """A packaged model that is served media first (the starter) stays so as its flattened copy and its
+    merged model directory: the prompt of a question sent before its picture is the picture-first one."""
+    from PIL import Image
+
+    from omniphi.runtime.trained import flatten_trained
+    from omniphi.train.merge import merge_output
+
+    run = tmp_path / "run"
+    train(make_recipe("align", run, [{"format": "llava_plain", "path": str(shapes / "captions.json")}],
+                      train_modules=["multi_modal_projector"], training={"max_steps": 1}))
+    flat, merged = tmp_path / "flat", tmp_path / "merged"
+    flatten_trained(run, flat, media_placement="before_text")
+    merge_output(flat, merged)
+    picture = {"type": "image", "image": Image.new("RGB", (8, 8), (255, 0, 0))}
+    question = {"type": "text", "text": "What colour?"}
+    for directory, placement in ((run, "as_given"), (flat, "before_text"), (merged, "before_text")):
+        processor = runtime.load(str(directory)).processor
+        assert processor.config.media_placement == placement, directory
+        text_first = processor.render([{"role": "user", "content": [question, picture]}], True).text
+        picture_first = processor.render([{"role": "user", "content": [picture, question]}], True).text
+        assert (text_first == picture_first) == (placement == "before_text"), directory
