@@ -99,7 +99,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_assistant(args: argparse.Namespace):
-    """The Assistant for --model/--device/--dtype/--quantize (timing on stderr with OMNIPHI_TIMING=1)."""
+    """The Assistant for --model/--device/--dtype/--quantize/--media-placement (timing on stderr with OMNIPHI_TIMING=1)."""
     from omniphi.weights.hub import start_probe_for
 
     start_probe_for(args.model)  # a preset from the hub: ask it while the libraries below import
@@ -110,9 +110,8 @@ def load_assistant(args: argparse.Namespace):
 
     hf_logging.disable_progress_bar()
     started = time.perf_counter()
-    assistant = Assistant.load(args.model, device=args.device, dtype=args.dtype, quantize=args.quantize)
-    if getattr(args, "media_placement", "auto") != "auto":
-        assistant.model.config.media_placement = args.media_placement
+    assistant = Assistant.load(args.model, device=args.device, dtype=args.dtype, quantize=args.quantize,
+                               media_placement=args.media_placement)
     if os.environ.get("OMNIPHI_TIMING"):
         print(f"[loaded {assistant.name} in {time.perf_counter() - started:.1f} s]", file=sys.stderr)
     return assistant

@@ -77,20 +77,30 @@ def test_ask_passes_the_model_options_to_the_loader(monkeypatch, capsys):
     monkeypatch.setattr(Assistant, "load", staticmethod(load))
     status = cli.main(["ask", "--model", "tiny", "--device", "cpu", "--dtype", "float32", "--quantize", "int4", "hi"])
     assert status == 2
-    assert seen == {"spec": "tiny", "device": "cpu", "dtype": "float32", "quantize": "int4"}
+    assert seen == {"spec": "tiny", "device": "cpu", "dtype": "float32", "quantize": "int4", "media_placement": "auto"}
 
 
-def test_media_placement_option_overrides_the_models_own(monkeypatch):
-    """`--media-placement as_given` measures a media-first model (the starter) with the parts as sent."""
+@pytest.mark.parametrize("given", ["auto", "as_given", "before_text"])
+def test_media_placement_overrides_the_models_own(tiny_directory_with_media_first, given):
+    """`--media-placement as_given` measures a media-first model (the starter) with the parts as sent;
+    auto keeps the model's own."""
     from omniphi.cli_support import load_assistant
-    from omniphi.runtime.assistant import Assistant
 
-    config = type("Config", (), {"media_placement": "before_text"})()
-    loaded = type("Loaded", (), {"model": type("Model", (), {"config": config})()})()
-    monkeypatch.setattr(Assistant, "load", staticmethod(lambda spec, **options: loaded))
-    for given, expected in (("auto", "before_text"), ("as_given", "as_given")):
-        args = cli.build_parser("eval").parse_args(["eval", "--task", "pope", "--data", "x", "--media-placement", given])
-        assert load_assistant(args).model.config.media_placement == expected
+    args = cli.build_parser("eval").parse_args(["eval", "--model", str(tiny_directory_with_media_first), "--task", "pope",
+                                                "--data", "x", "--media-placement", given])
+    expected = "before_text" if given == "auto" else given
+    assert load_assistant(args).model.config.media_placement == expected
+
+
+@pytest.fixture(scope="module")
+def tiny_directory_with_media_first(tmp_path_factory):
+    from omniphi import runtime
+    from omniphi.runtime.loading import save_directory
+
+    loaded = runtime.load("tiny", media_placement="before_text")
+    directory = tmp_path_factory.mktemp("media-first")
+    save_directory(loaded, directory)
+    return directory
 
 
 def test_bad_dtype_is_rejected_by_the_parser(capsys):

@@ -64,12 +64,13 @@ class Assistant:
 
     @classmethod
     def load(cls, spec: str = "starter", *, device: str = "auto", dtype: str = "auto",
-             quantize: str = "none", **options) -> "Assistant":
+             quantize: str = "none", media_placement: str = "auto", **options) -> "Assistant":
         """A preset name ("starter", "phi2", "tiny"), a model directory or a training output, loaded by
         `omniphi.runtime.load` (which says what `auto` picks)."""
         from omniphi.runtime.loading import load
 
-        return cls(load(spec, device=device, dtype=dtype, quantize=quantize), **options)
+        return cls(load(spec, device=device, dtype=dtype, quantize=quantize, media_placement=media_placement),
+                   **options)
 
     @property
     def device(self) -> torch.device:

@@ -8,7 +8,8 @@ preset's `PRESET_DEFAULTS`; a training output inherits its base's), then the mac
 - device auto: CUDA when present, else the CPU;
 - dtype auto: bfloat16 on CUDA, and on a CPU where a bf16 matmul measures faster than float32
   (`omniphi.runtime.devices`); float32 otherwise;
-- quantize auto: none.
+- quantize auto: none;
+- media_placement auto: the model's own (`omniphi.templates`), else as_given.
 
 Quantising (int8/int4 weight-only, LLM Linear layers only) happens here, once, after the model is on
 its device; then the model is switched to `fast_ops`' GELU and decode attention.
@@ -31,6 +32,7 @@ from omniphi.runtime import trained
 from omniphi.runtime.devices import resolve_device, resolve_dtype
 from omniphi.runtime.fast_ops import install_fast_ops
 from omniphi.runtime.quantize import QUANTIZATIONS, quantize_language_model_
+from omniphi.templates import MEDIA_PLACEMENTS
 
 DEFAULTS_FILE = "runtime_defaults.json"  # {"device": ..., "dtype": ..., "quantize": ...}, each optional
 
@@ -49,13 +51,17 @@ class RuntimeChoice:
 
 
 def load(spec: str = "starter", *, device: str = "auto", dtype: str | torch.dtype = "auto",
-         quantize: str = "none") -> LoadedModel:
+         quantize: str = "none", media_placement: str = "auto") -> LoadedModel:
     """Load a preset, model directory or training output onto `device` in `dtype`, its LLM weights
     quantised as asked. Raises a `UserError` (one clear line) for an unknown spec, a device that is
     not there, or parts that are not installed."""
+    if media_placement != "auto" and media_placement not in MEDIA_PLACEMENTS:
+        raise ModelSpecError(f"media_placement must be one of auto, {', '.join(MEDIA_PLACEMENTS)}, not {media_placement!r}")
     preferred = preferred_defaults(spec)
     choice = resolve_choice(device, dtype, quantize, preferred)
     loaded = load_weights(spec, dtype=choice.dtype)
+    if media_placement != "auto":
+        loaded.model.config.media_placement = media_placement
     loaded.model.to(choice.device)
     if loaded.transcriber is not None:
         loaded.transcriber.model.to(choice.device)

@@ -60,6 +60,9 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
     max_batch = args.max_batch if args.max_batch is not None else DEFAULT_MAX_BATCH[args.engine]
     if max_batch < 1:
         raise ValueError("--max-batch must be >= 1")
+    if args.engine == "vllm" and getattr(args, "media_placement", "auto") != "auto":
+        raise ValueError("--media-placement works with --engine omniphi; the vLLM server renders prompts with the "
+                         "model's own media_placement (its config.json)")
     return ServeConfig(
         api_key=args.api_key or None,
         data_dir=Path(args.data_dir).expanduser() if args.data_dir else None,
@@ -94,7 +97,8 @@ def run_serve(args: argparse.Namespace, *, assistant=None) -> int:
         from omniphi.runtime.assistant import Assistant
 
         print(f"omniphi: loading model {args.model} ...", file=sys.stderr, flush=True)
-        assistant = Assistant.load(args.model, device=args.device, dtype=args.dtype, quantize=args.quantize)
+        assistant = Assistant.load(args.model, device=args.device, dtype=args.dtype, quantize=args.quantize,
+                                   media_placement=args.media_placement)
     app = create_app(assistant, config)
     server = _Server(uvicorn.Config(
         # A streaming answer may hold shutdown up to this long; then it is cancelled (and stored).

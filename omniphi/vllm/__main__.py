@@ -1,8 +1,8 @@
 """`python -m omniphi.vllm serve MODEL_DIR [vLLM options]`: vLLM's OpenAI server for an omniphi directory.
 
 It is `vllm serve MODEL_DIR` with omniphi's chat template as Jinja (`--chat-template`, content
-format `openai`), so text, image and audio parts are rendered in their order, exactly as
-`omniphi ask` renders them. (Plain `vllm serve` uses the tokenizer's own template and puts every
+format `openai`), so text, image and audio parts are rendered where `omniphi ask` renders them (in
+their order, or a message's media first where the model's `media_placement` says so). (Plain `vllm serve` uses the tokenizer's own template and puts every
 placeholder before the text.) Any further option goes to vLLM unchanged.
 
 `python -m omniphi.vllm chat-template MODEL_DIR` prints that template, for a `vllm serve` line.
