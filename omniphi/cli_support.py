@@ -94,8 +94,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="weight-only quantisation of the LLM's layers (towers stay as they are); "
                              "auto: the model's preference, else none")
     parser.add_argument("--media-placement", default="auto", choices=("auto",) + MEDIA_PLACEMENTS,
-                        help="where a message's pictures and clips go in the prompt: as_given (the order sent) or "
-                             "before_text; auto: the model's own (the starter's: before_text)")
+                        help="where a message's pictures go in the prompt: as_given (the order sent) or "
+                             "images_first; auto: the model's own (the starter's: images_first)")
 
 
 def load_assistant(args: argparse.Namespace):

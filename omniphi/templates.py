@@ -6,10 +6,10 @@ Media parts render as their placeholder token followed by a newline (LLaVA's "<i
 processor expands each placeholder to the exact number of feature tokens afterwards.
 
 Where a message's media go is the model's `media_placement` (`MEDIA_PLACEMENTS`): "as_given" keeps
-the parts in the order the user sent them; "before_text" puts a message's pictures and clips before
-its text, in their own order — LLaVA's training layout, and what vLLM and Ollama do for such models. A
+the parts in the order the user sent them; "images_first" puts a message's pictures before its other
+parts (text and audio, a spoken question included, in their order) — LLaVA's training layout, and what vLLM and Ollama do for such models. A
 model that reads a picture after the question worse than before it (a small one) records
-"before_text", so the user's part order does not change its answer.
+"images_first", so the user's part order does not change its answer.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ class RenderedPrompt:
     answer_spans: list[tuple[int, int]]
 
 
-MEDIA_PLACEMENTS = ("as_given", "before_text")
+MEDIA_PLACEMENTS = ("as_given", "images_first")
 
 
 def check_media_placement(placement: str) -> str:
@@ -56,8 +56,8 @@ def place_media(messages: Conversation, placement: str) -> Conversation:
             placed.append(message)
             continue
         parts = content_parts(message)
-        media = [p for p in parts if p["type"] != "text"]
-        placed.append({**message, "content": media + [p for p in parts if p["type"] == "text"]})
+        placed.append({**message, "content": [p for p in parts if p["type"] == "image"]
+                       + [p for p in parts if p["type"] != "image"]})
     return placed
 
 
@@ -148,7 +148,7 @@ def resolve_template_name(name: str, tokenizer) -> str:
 
 # Renders one message's content as omniphi's templates do (omniphi.templates.render_content): a string
 # as it is; a list of parts in order, text as text, each image as "<image>\n" and each audio clip as
-# "<audio>\n" (with media_placement "before_text": first the media, then the text parts). Takes the part
+# "<audio>\n" (with media_placement "images_first": first the images, then the other parts). Takes the part
 # shapes of llava-hf processors and of vLLM's "openai" content format ({"type": "image"},
 # {"type": "audio"}, {"type": "text", "text": ...}) as well as plain strings.
 _FLATTEN_MACRO = """\
@@ -162,7 +162,6 @@ _FLATTEN_MACRO = """\
 {%- endmacro -%}
 """
 _TEXT_PART = "{{ part['text'] }}"
-_TEXT_LAST = "{%- for part in message['content'] if part['type'] == 'text' -%}" + _TEXT_PART + "{%- endfor -%}"
 
 # The tokenizer's own template, run on the flattened messages (so it sees strings, as it expects).
 _FLATTENED_MESSAGES = """\
@@ -195,14 +194,17 @@ def jinja_chat_template(processor: "OmniProcessor", with_audio: bool) -> str:
     vLLM. Message content may be a string (placeholders written in it) or a list of text/image
     (and, `with_audio`, audio) parts. Media are left as one placeholder each; the engine expands
     them to the feature count."""
+    audio = "{{ " + _jinja_string(processor.audio_token) + " }}{{ '\\n' }}"
+    images_first = check_media_placement(processor.config.media_placement) == "images_first"
     audio_branch = ""
-    if with_audio:
-        audio_branch = "\n{%- elif part['type'] == 'audio' -%}{{ " + _jinja_string(processor.audio_token) + " }}{{ '\\n' }}"
-    media_first = check_media_placement(processor.config.media_placement) == "before_text"
+    if with_audio:  # with images first, the first pass writes only the images; the second the rest
+        audio_branch = "\n{%- elif part['type'] == 'audio' -%}" + ("" if images_first else audio)
+    rest = ("{%- for part in message['content'] if part['type'] != 'image' -%}{%- if part['type'] == 'text' -%}"
+            + _TEXT_PART + "{%- else -%}" + audio + "{%- endif -%}{%- endfor -%}")
     macro = (_FLATTEN_MACRO.replace("IMAGE_TOKEN", _jinja_string(processor.image_token))
              .replace("AUDIO_BRANCH", audio_branch).replace("MEDIA", "text, image and audio" if with_audio else "text and image")
-             .replace("TEXT_IN_ORDER", "" if media_first else _TEXT_PART)
-             .replace("TEXT_LAST", _TEXT_LAST if media_first else ""))
+             .replace("TEXT_IN_ORDER", "" if images_first else _TEXT_PART)
+             .replace("TEXT_LAST", rest if images_first else ""))
     if processor.template == "tokenizer":
         return macro + _FLATTENED_MESSAGES + processor.tokenizer.chat_template
     if processor.template == "llava-phi":

@@ -80,7 +80,7 @@ def test_ask_passes_the_model_options_to_the_loader(monkeypatch, capsys):
     assert seen == {"spec": "tiny", "device": "cpu", "dtype": "float32", "quantize": "int4", "media_placement": "auto"}
 
 
-@pytest.mark.parametrize("given", ["auto", "as_given", "before_text"])
+@pytest.mark.parametrize("given", ["auto", "as_given", "images_first"])
 def test_media_placement_overrides_the_models_own(tiny_directory_with_media_first, given):
     """`--media-placement as_given` measures a media-first model (the starter) with the parts as sent;
     auto keeps the model's own."""
@@ -88,7 +88,7 @@ def test_media_placement_overrides_the_models_own(tiny_directory_with_media_firs
 
     args = cli.build_parser("eval").parse_args(["eval", "--model", str(tiny_directory_with_media_first), "--task", "pope",
                                                 "--data", "x", "--media-placement", given])
-    expected = "before_text" if given == "auto" else given
+    expected = "images_first" if given == "auto" else given
     assert load_assistant(args).model.config.media_placement == expected
 
 
@@ -97,7 +97,7 @@ def tiny_directory_with_media_first(tmp_path_factory):
     from omniphi import runtime
     from omniphi.runtime.loading import save_directory
 
-    loaded = runtime.load("tiny", media_placement="before_text")
+    loaded = runtime.load("tiny", media_placement="images_first")
     directory = tmp_path_factory.mktemp("media-first")
     save_directory(loaded, directory)
     return directory

@@ -24,7 +24,7 @@ def as_engine_parts(messages):
              [p if p["type"] == "text" else {"type": p["type"]} for p in m["content"]]} for m in messages]
 
 
-@pytest.mark.parametrize("placement", ["as_given", "before_text"])
+@pytest.mark.parametrize("placement", ["as_given", "images_first"])
 @pytest.mark.parametrize("flavour", ["phi", "chatml"])
 @pytest.mark.parametrize("add_generation_prompt", [True, False])
 def test_jinja_template_renders_audio_and_images_where_omniphi_does(flavour, add_generation_prompt, placement, tiny,

@@ -88,8 +88,8 @@ def test_placeholders_expand_to_exact_counts_in_order(tiny):
     assert sample.audio_clip_windows == [1, 1]
 
 
-def test_media_before_text_puts_each_messages_media_first_in_their_own_order(tiny, monkeypatch):
-    """A model served "before_text" gets one prompt whatever order the user sent the parts in; media keep
+def test_media_images_first_puts_each_messages_media_first_in_their_own_order(tiny, monkeypatch):
+    """A model served "images_first" gets one prompt whatever order the user sent the parts in; media keep
     their order within the message and across messages, so the features still match the placeholders."""
     processor = tiny.processor
     red, blue = Image.new("RGB", (8, 8), (255, 0, 0)), Image.new("RGB", (8, 8), (0, 0, 255))
@@ -99,15 +99,15 @@ def test_media_before_text_puts_each_messages_media_first_in_their_own_order(tin
                                          {"type": "image", "image": blue}]},
             {"role": "assistant", "content": "Two squares."},
             {"role": "user", "content": [{"type": "text", "text": "Which is red?"}, {"type": "image", "image": blue}]}]
-    media_first = [{"role": "user", "content": [{"type": "image", "image": red}, {"type": "audio", "audio": clip},
-                                                {"type": "image", "image": blue}, {"type": "text", "text": "Compare "},
-                                                {"type": "text", "text": "with"}]},
+    media_first = [{"role": "user", "content": [{"type": "image", "image": red}, {"type": "image", "image": blue},
+                                                {"type": "text", "text": "Compare "}, {"type": "text", "text": "with"},
+                                                {"type": "audio", "audio": clip}]},
                    sent[1],
                    {"role": "user", "content": [{"type": "image", "image": blue}, {"type": "text", "text": "Which is red?"}]}]
     as_given = processor.render(sent, True).text
     assert as_given.index("Compare") < as_given.index("<image>")
 
-    monkeypatch.setattr(tiny.model.config, "media_placement", "before_text")
+    monkeypatch.setattr(tiny.model.config, "media_placement", "images_first")
     assert processor.render(sent, True).text == processor.render(media_first, True).text != as_given
     placed, expected = processor.encode(sent, add_generation_prompt=True), processor.encode(media_first, add_generation_prompt=True)
     assert torch.equal(placed.input_ids, expected.input_ids)
@@ -117,7 +117,7 @@ def test_media_before_text_puts_each_messages_media_first_in_their_own_order(tin
 
 def test_an_unknown_media_placement_is_refused(tiny, monkeypatch):
     monkeypatch.setattr(tiny.model.config, "media_placement", "after_text")
-    with pytest.raises(ValueError, match="media_placement must be one of as_given, before_text"):
+    with pytest.raises(ValueError, match="media_placement must be one of as_given, images_first"):
         tiny.processor.render([{"role": "user", "content": "hi"}], True)
 
 

@@ -192,13 +192,13 @@ def test_media_placement_travels_through_flatten_and_merge(tmp_path, shapes):
     train(make_recipe("align", run, [{"format": "llava_plain", "path": str(shapes / "captions.json")}],
                       train_modules=["multi_modal_projector"], training={"max_steps": 1}))
     flat, merged = tmp_path / "flat", tmp_path / "merged"
-    flatten_trained(run, flat, media_placement="before_text")
+    flatten_trained(run, flat, media_placement="images_first")
     merge_output(flat, merged)
     picture = {"type": "image", "image": Image.new("RGB", (8, 8), (255, 0, 0))}
     question = {"type": "text", "text": "What colour?"}
-    for directory, placement in ((run, "as_given"), (flat, "before_text"), (merged, "before_text")):
+    for directory, placement in ((run, "as_given"), (flat, "images_first"), (merged, "images_first")):
         processor = runtime.load(str(directory)).processor
         assert processor.config.media_placement == placement, directory
         text_first = processor.render([{"role": "user", "content": [question, picture]}], True).text
         picture_first = processor.render([{"role": "user", "content": [picture, question]}], True).text
-        assert (text_first == picture_first) == (placement == "before_text"), directory
+        assert (text_first == picture_first) == (placement == "images_first"), directory
