@@ -7,7 +7,8 @@ processor expands each placeholder to the exact number of feature tokens afterwa
 
 Where a message's media go is the model's `media_placement` (`MEDIA_PLACEMENTS`): "as_given" keeps
 the parts in the order the user sent them; "images_first" puts a message's pictures before its other
-parts (text and audio, a spoken question included, in their order) — LLaVA's training layout, and what vLLM and Ollama do for such models. A
+parts (text and audio, a spoken question included, in their order) — LLaVA's training layout, and
+what vLLM and Ollama do for such models. A
 model that reads a picture after the question worse than before it (a small one) records
 "images_first", so the user's part order does not change its answer.
 """
@@ -46,7 +47,7 @@ def check_media_placement(placement: str) -> str:
 
 
 def place_media(messages: Conversation, placement: str) -> Conversation:
-    """The conversation with each message's media parts where `placement` puts them. A message whose
+    """The conversation with each message's pictures where `placement` puts them. A message whose
     content is a string (placeholders written in it) is left as it is."""
     if check_media_placement(placement) == "as_given":
         return messages

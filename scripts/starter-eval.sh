@@ -4,7 +4,7 @@
 #     text, by speech into the LLM (native) and by Whisper's transcript (transcribe), side by side;
 #     half the questions put the picture after the text (the "image_order" groups); the table also
 #     has the WER of Whisper's transcripts of the spoken questions (question_wer). The model is served
-#     media first (its media_placement), so the groups measure the serving; shapes-test-as-given.json
+#     pictures first (its media_placement), so the groups measure the serving; shapes-test-as-given.json
 #     measures the model itself with the parts in the order sent (typed questions)
 #   - espeak-ng voices: a fresh split (seed 7, never trained or tuned on) spoken by espeak-ng only,
 #     the voices Whisper mishears most: the native path must hold up where the transcript does

@@ -32,7 +32,7 @@ from omniphi.runtime import trained
 from omniphi.runtime.devices import resolve_device, resolve_dtype
 from omniphi.runtime.fast_ops import install_fast_ops
 from omniphi.runtime.quantize import QUANTIZATIONS, quantize_language_model_
-from omniphi.templates import MEDIA_PLACEMENTS
+from omniphi.templates import check_media_placement
 
 DEFAULTS_FILE = "runtime_defaults.json"  # {"device": ..., "dtype": ..., "quantize": ...}, each optional
 
@@ -55,8 +55,11 @@ def load(spec: str = "starter", *, device: str = "auto", dtype: str | torch.dtyp
     """Load a preset, model directory or training output onto `device` in `dtype`, its LLM weights
     quantised as asked. Raises a `UserError` (one clear line) for an unknown spec, a device that is
     not there, or parts that are not installed."""
-    if media_placement != "auto" and media_placement not in MEDIA_PLACEMENTS:
-        raise ModelSpecError(f"media_placement must be one of auto, {', '.join(MEDIA_PLACEMENTS)}, not {media_placement!r}")
+    if media_placement != "auto":
+        try:
+            check_media_placement(media_placement)
+        except ValueError as error:
+            raise ModelSpecError(f"{error} (or auto)") from None
     preferred = preferred_defaults(spec)
     choice = resolve_choice(device, dtype, quantize, preferred)
     loaded = load_weights(spec, dtype=choice.dtype)

@@ -194,7 +194,7 @@ def step_package(install: bool) -> bool:
     weights = WORK / "weights"
     shutil.rmtree(weights, ignore_errors=True)
     # The small model reads a picture after the question ~13 points worse than before it (README), so
-    # it is served every message's media first, whatever order the user sent.
+    # it is served every message's pictures first, whatever order the user sent.
     flatten_trained(WORK / "instruct", weights, media_placement="images_first")
     if install:  # the card's sample picture and spoken question are the new fixture's
         export_fixture()
