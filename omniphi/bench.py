@@ -221,11 +221,11 @@ def bench(spec: str, *, device: torch.device, configs: list[tuple[str, str]], ne
     """Load `spec` once in fp32 (the baseline), convert it to each unquantised dtype in turn (widest
     first), then load it afresh for each quantised configuration (quantising needs the full weights).
     Results come in the order of `configs`."""
-    import gc
 
     from omniphi.runtime.assistant import Assistant
     from omniphi.runtime.fast_ops import install_fast_ops
     from omniphi.runtime.loading import load, load_weights
+    from omniphi.runtime.quantize import release_freed_memory
 
     _progress(f"loading {spec} (float32)")
     loaded = load_weights(spec, dtype=torch.float32)
@@ -251,11 +251,11 @@ def bench(spec: str, *, device: torch.device, configs: list[tuple[str, str]], ne
         loaded.model.to(getattr(torch, dtype))
         results[dtype, "none"] = result(loaded, dtype, "none")
     del loaded
-    gc.collect()  # a second copy of a Phi-2-sized model must not sit beside the quantised one
+    release_freed_memory()  # a second copy of a Phi-2-sized model must not sit beside the quantised one
     for dtype, quantize in [c for c in configs if c[1] != "none"]:
         _progress(f"{dtype} + {quantize}: loading and quantising, then the Assistant")
         quantized = load(spec, device=str(device), dtype=dtype, quantize=quantize)
         results[dtype, quantize] = result(quantized, dtype, quantize)
         del quantized
-        gc.collect()
+        release_freed_memory()
     return [results[c] for c in configs]

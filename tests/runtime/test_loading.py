@@ -11,7 +11,7 @@ from torch import nn
 from omniphi import presets, runtime
 from omniphi.errors import DeviceError, UserError, is_user_error
 from omniphi.runtime import devices, loading, trained
-from omniphi.runtime.quantize import DENSE_PREFILL_ROWS, Int4WeightOnlyLinear, Int8WeightOnlyLinear
+from omniphi.runtime.quantize import DENSE_PREFILL_ROWS, NBITS_BLOCK, Int4WeightOnlyLinear, Int8WeightOnlyLinear
 
 CONVERSATION = [{"role": "user", "content": [{"type": "image", "image": Image.new("RGB", (40, 30), (200, 20, 20))},
                                              {"type": "text", "text": "What colour is the circle?"}]}]
@@ -110,11 +110,38 @@ def test_quantized_layers_compute_with_their_stored_weights():
     assert torch.cosine_similarity(int4(x).flatten(), linear(x).flatten(), dim=0) > 0.99
 
 
-def test_int8_prefill_through_a_dense_matmul_matches_the_kernel_row_by_row():
+@pytest.mark.parametrize("in_features", [256, 300])  # 300: a ragged last block, an odd number of blocks
+def test_cpu_int4_layer_computes_with_the_weights_it_encodes(in_features):
+    torch.manual_seed(0)
+    linear = nn.Linear(in_features, 48)
+    int4 = Int4WeightOnlyLinear(linear, group_size=64)
+    weight = int4.dequantized_weight()
+    # each weight within half a step of its block's grid (blocks of NBITS_BLOCK inputs)
+    for start in range(0, in_features, NBITS_BLOCK):
+        block = linear.weight[:, start:start + NBITS_BLOCK]
+        step = (block.amax(dim=1).clamp(min=0) - block.amin(dim=1).clamp(max=0)) / 15
+        assert ((weight[:, start:start + NBITS_BLOCK] - block).abs() <= step[:, None] / 2 + 1e-6).all()
+    x = torch.randn(5, in_features)
+    expected = x @ weight.T + linear.bias
+    # the kernel rounds the activations to int8 per block: about 1 % of the output's scale
+    assert (int4(x) - expected).abs().max() < 0.02 * expected.abs().max()
+
+
+def test_cpu_quantised_layers_share_their_codes_with_the_kernel():
+    """ONNX Runtime reads the layer's own buffers (external initializers): no third copy of the weights."""
+    int8 = Int8WeightOnlyLinear(nn.Linear(256, 48), torch.float32)
+    int4 = Int4WeightOnlyLinear(nn.Linear(256, 48), group_size=64)
+    assert int8.kernel._initializers[0].data_ptr() == int8.codes.data_ptr()
+    assert [v.data_ptr() for v in int4.kernel._initializers] == [
+        int4.weight_int4.data_ptr(), int4.scales.data_ptr(), int4.zero_points.data_ptr()]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])  # bf16: the dense path; float32: the kernel
+def test_int8_prefill_matches_the_kernel_row_by_row(dtype):
     torch.manual_seed(0)
     linear = nn.Linear(256, 48)
-    int8 = Int8WeightOnlyLinear(linear, torch.bfloat16)
-    prompt = torch.randn(2, DENSE_PREFILL_ROWS, 256)  # 2 x 96 rows: the dense path
+    int8 = Int8WeightOnlyLinear(linear, dtype)
+    prompt = torch.randn(2, DENSE_PREFILL_ROWS, 256)  # 2 x 96 rows: a prefill
     dense = int8(prompt)
     one_row_at_a_time = torch.stack([torch.cat([int8(row[None]) for row in sequence]) for sequence in prompt])
     assert dense.shape == (2, DENSE_PREFILL_ROWS, 48)
