@@ -1,8 +1,10 @@
 """The two per-layer paths omniphi picks by the number of rows, each against the path it replaces,
 on Phi-2's largest Linear (10240 x 2560), in one run:
 
-- an int8 layer (omniphi.runtime.quantize) given a prefill's rows: torch's int8 weight-only kernel
-  against the dense path (the int8 weight copied into a bf16 scratch matrix, one matmul, scaled);
+- an int8 layer (omniphi.runtime.quantize) given a prefill's rows, in float32 and bfloat16: its
+  weight-only kernel (ONNX Runtime's MatMulNBits on the CPU) against the dense path (the int8 weight
+  copied into a scratch matrix in the activations' dtype, one matmul, scaled); the int4 kernel, which
+  prefills through MatMulNBits whatever the rows, beside a float32 Linear for scale;
 - a bf16 layer (omniphi.runtime.fast_ops.FewRowLinear) given a decode step's rows: `F.linear` against
   the weight @ inputs product; several weights in turn, so that the cache does not hold the one read.
 
@@ -43,16 +45,22 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
 
-    int8 = Int8WeightOnlyLinear(nn.Linear(IN_FEATURES, OUT_FEATURES, bias=False), torch.bfloat16)
-    prompt = torch.randn(args.prefill_rows, IN_FEATURES, dtype=torch.bfloat16)
-    kernel = best_ms(lambda: torch.ops.aten._weight_int8pack_mm(prompt, int8.weight_int8, int8.scale))
     chosen = quantize.DENSE_PREFILL_ROWS
-    quantize.DENSE_PREFILL_ROWS = 1  # the dense path whatever the rows, to see where the two cross
-    dense = best_ms(lambda: int8(prompt))
-    quantize.DENSE_PREFILL_ROWS = chosen
-    used = "dense" if args.prefill_rows >= chosen else "kernel"
-    print(f"int8, {args.prefill_rows} rows: kernel {kernel:.1f} ms, dense path {dense:.1f} ms ({kernel / dense:.1f}x); "
-          f"omniphi runs the {used} path here (dense from {chosen} rows)")
+    for dtype in (torch.float32, torch.bfloat16):
+        int8 = Int8WeightOnlyLinear(nn.Linear(IN_FEATURES, OUT_FEATURES, bias=False), dtype)
+        prompt = torch.randn(args.prefill_rows, IN_FEATURES, dtype=dtype)
+        kernel = best_ms(lambda: int8.kernel(prompt))
+        quantize.DENSE_PREFILL_ROWS = 1  # the dense path whatever the rows, to see where the two cross
+        dense = best_ms(lambda: int8(prompt))
+        quantize.DENSE_PREFILL_ROWS = chosen
+        used = "dense" if args.prefill_rows >= chosen else "kernel"
+        print(f"int8 {str(dtype)[6:]}, {args.prefill_rows} rows: kernel {kernel:.1f} ms, dense path {dense:.1f} ms "
+              f"({kernel / dense:.1f}x); omniphi runs the {used} path here (dense from {chosen} rows)")
+    full = nn.Linear(IN_FEATURES, OUT_FEATURES, bias=False)
+    int4 = quantize.Int4WeightOnlyLinear(full, quantize.NBITS_BLOCK)
+    prompt = torch.randn(args.prefill_rows, IN_FEATURES)
+    print(f"int4, {args.prefill_rows} rows: kernel {best_ms(lambda: int4(prompt)):.1f} ms, "
+          f"a float32 Linear {best_ms(lambda: full(prompt)):.1f} ms")
 
     plain = [nn.Linear(IN_FEATURES, OUT_FEATURES, bias=False).to(torch.bfloat16) for _ in range(8)]
     few = []

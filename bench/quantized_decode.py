@@ -9,8 +9,10 @@ fp32), all measured in one run:
     nice -n 10 .venv/bin/python bench/quantized_decode.py [--layers 4] [--json]
 
 Libraries: plain torch (fp32/bf16 Linear), omniphi's own path (`omniphi.runtime.quantize`, the one
-`--quantize` uses), torchao's int8 weight-only config (eager, as a server runs it), and bitsandbytes'
-CPU 8-bit and 4-bit Linear layers. A library that fails to run here is reported, not hidden.
+`--quantize` uses: ONNX Runtime's MatMulNBits on the CPU), torch's own int8/int4 weight-only kernels
+(what torchao's weight-only configs wrap), torchao's int8 weight-only config (eager, as a server runs
+it), and bitsandbytes' CPU 8-bit and 4-bit Linear layers. A library that fails to run here is
+reported, not hidden.
 """
 
 from __future__ import annotations
@@ -88,6 +90,45 @@ def tokens_per_second(model: nn.Module, dtype: torch.dtype, steps: int) -> float
     return steps / best
 
 
+class TorchInt8Linear(nn.Module):
+    """torch's int8 weight-only kernel: int8 weights, one scale per output row, bf16 activations."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        weight = linear.weight.detach().float()
+        scale = weight.abs().amax(dim=1) / 127
+        self.register_buffer("weight", torch.round(weight / scale[:, None]).to(torch.int8))
+        self.register_buffer("scale", scale.to(torch.bfloat16))
+        self.register_buffer("bias", linear.bias.detach().to(torch.bfloat16))
+
+    def forward(self, x):
+        flat = x.reshape(-1, x.shape[-1])
+        return (torch.ops.aten._weight_int8pack_mm(flat, self.weight, self.scale) + self.bias).reshape(
+            *x.shape[:-1], -1)
+
+
+class TorchInt4Linear(nn.Module):
+    """torch's CPU int4 kernel: groups of 128 inputs with a bf16 scale and zero each (tinygemm's layout)."""
+
+    def __init__(self, linear: nn.Linear, group: int = 128):
+        super().__init__()
+        weight = linear.weight.detach().float()
+        groups = weight.reshape(weight.shape[0], -1, group)
+        low, high = groups.amin(dim=2, keepdim=True), groups.amax(dim=2, keepdim=True)
+        scale = (high - low).clamp(min=1e-6) / 15
+        q = torch.round((groups - low) / scale).clamp(0, 15).to(torch.int32).reshape(weight.shape[0], -1)
+        self.group = group
+        self.register_buffer("scales_and_zeros", torch.cat([scale, low + 8 * scale], 2).transpose(0, 1)
+                             .contiguous().to(torch.bfloat16))
+        self.register_buffer("weight", torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1))
+        self.register_buffer("bias", linear.bias.detach().to(torch.bfloat16))
+
+    def forward(self, x):
+        flat = x.reshape(-1, x.shape[-1])
+        y = torch.ops.aten._weight_int4pack_mm_for_cpu(flat, self.weight, self.group, self.scales_and_zeros)
+        return (y + self.bias).reshape(*x.shape[:-1], -1)
+
+
 def configurations(base: nn.Module):
     """(name, build) pairs; build returns (model, activation dtype)."""
 
@@ -98,6 +139,16 @@ def configurations(base: nn.Module):
         def build():
             model = copy.deepcopy(base).to(torch.bfloat16)
             omniphi_quantize.quantize_linear_layers_(model, mode)
+            return model, torch.bfloat16
+        return build
+
+    def torch_kernel(layer_class):
+        def build():
+            model = copy.deepcopy(base).to(torch.bfloat16)
+            for parent in list(model.modules()):
+                for name, child in list(parent.named_children()):
+                    if type(child) is nn.Linear:
+                        setattr(parent, name, layer_class(child))
             return model, torch.bfloat16
         return build
 
@@ -133,8 +184,10 @@ def configurations(base: nn.Module):
     return [
         ("fp32 (torch)", plain(torch.float32)),
         ("bf16 (torch)", plain(torch.bfloat16)),
-        ("int8 (omniphi: torch _weight_int8pack_mm)", omniphi("int8")),
-        ("int4 (omniphi: torch _weight_int4pack_mm_for_cpu)", omniphi("int4")),
+        ("int8 (omniphi: ONNX Runtime MatMulNBits)", omniphi("int8")),
+        ("int4 (omniphi: ONNX Runtime MatMulNBits)", omniphi("int4")),
+        ("int8 (torch _weight_int8pack_mm)", torch_kernel(TorchInt8Linear)),
+        ("int4 (torch _weight_int4pack_mm_for_cpu)", torch_kernel(TorchInt4Linear)),
         ("int8 (torchao Int8WeightOnlyConfig, eager)", torchao_int8),
         ("int8 (bitsandbytes Linear8bitLt)", bitsandbytes(8)),
         ("nf4 (bitsandbytes Linear4bit)", bitsandbytes(4)),

@@ -1,0 +1,37 @@
+"""Resident memory of a model as `omniphi.runtime.load` gives it, in a fresh process (Linux: /proc):
+
+    .venv/bin/python bench/load_memory.py --model phi2-random --dtype float32 --quantize int8
+
+Prints the resident set after loading and its peak during loading (quantising starts from the
+full-precision weights, so the peak is at least the float32 or bf16 model's size).
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+
+from omniphi.runtime.loading import load
+from omniphi.runtime.quantize import QUANTIZATIONS
+
+
+def resident_gib() -> float:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * resource.getpagesize() / 2**30
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="phi2-random")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--quantize", default="none", choices=QUANTIZATIONS)
+    args = parser.parse_args()
+    loaded = load(args.model, device="cpu", dtype=args.dtype, quantize=args.quantize)  # kept alive while measured
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+    print(f"{args.model} {args.dtype} quantize {args.quantize}: resident {resident_gib():.1f} GiB after loading, "
+          f"peak {peak:.1f} GiB")
+    del loaded
+
+
+if __name__ == "__main__":
+    main()
