@@ -221,7 +221,6 @@ def bench(spec: str, *, device: torch.device, configs: list[tuple[str, str]], ne
     """Load `spec` once in fp32 (the baseline), convert it to each unquantised dtype in turn (widest
     first), then load it afresh for each quantised configuration (quantising needs the full weights).
     Results come in the order of `configs`."""
-
     from omniphi.runtime.assistant import Assistant
     from omniphi.runtime.fast_ops import install_fast_ops
     from omniphi.runtime.loading import load, load_weights

@@ -310,14 +310,20 @@ def quantize_linear_layers_(module: nn.Module, mode: Quantization, layers=None) 
             quantized = Int4WeightOnlyLinear(linear, group)
         parent_name, _, child = name.rpartition(".")
         setattr(module.get_submodule(parent_name) if parent_name else module, child, quantized)
-        del linear
-        release_freed_memory()
+        del linear  # its weight is freed here (no reference cycle holds it), so no collection is needed
+        _trim_heap()
         replaced += 1
     return replaced
 
 
 def release_freed_memory() -> None:
-    """Hand the pages of freed weights back to the OS (glibc only; elsewhere nothing to do). glibc keeps
+    """Collect unreachable objects (a dropped model), then hand their pages back to the OS."""
+    gc.collect()
+    _trim_heap()
+
+
+def _trim_heap() -> None:
+    """Hand the pages of freed memory back to the OS (glibc only; elsewhere nothing to do). glibc keeps
     freed blocks below its mmap threshold in the heap, between the quantised layers allocated since,
     and never reuses most of them: quantising Phi-2 from float32 grew the process by ~0.4 GB per
     decoder layer until it ran out of 24 GB, where trimming after each layer shrinks it as it should."""
@@ -328,7 +334,6 @@ def release_freed_memory() -> None:
         except (OSError, AttributeError):
             _malloc_trim = False
     if _malloc_trim:
-        gc.collect()
         _malloc_trim(0)
 
 
