@@ -112,14 +112,9 @@ class TorchInt4Linear(nn.Module):
 
     def __init__(self, linear: nn.Linear, group: int = 128):
         super().__init__()
-        weight = linear.weight.detach().float()
-        groups = weight.reshape(weight.shape[0], -1, group)
-        low, high = groups.amin(dim=2, keepdim=True), groups.amax(dim=2, keepdim=True)
-        scale = (high - low).clamp(min=1e-6) / 15
-        q = torch.round((groups - low) / scale).clamp(0, 15).to(torch.int32).reshape(weight.shape[0], -1)
+        q, scales_and_zeros = omniphi_quantize.tinygemm_int4(linear.weight.detach(), group)
         self.group = group
-        self.register_buffer("scales_and_zeros", torch.cat([scale, low + 8 * scale], 2).transpose(0, 1)
-                             .contiguous().to(torch.bfloat16))
+        self.register_buffer("scales_and_zeros", scales_and_zeros)
         self.register_buffer("weight", torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1))
         self.register_buffer("bias", linear.bias.detach().to(torch.bfloat16))
 

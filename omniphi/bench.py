@@ -119,7 +119,7 @@ def weight_bytes_per_token(language_model) -> int:
     shares it, then the head reads all of it)."""
     embedding = language_model.get_input_embeddings().weight
     head = language_model.get_output_embeddings()
-    skip = set() if head is not None and head.weight is embedding else {id(embedding)}
+    skip = set() if getattr(head, "weight", None) is embedding else {id(embedding)}  # a quantised head has codes
     tensors = {id(t): t for t in [*language_model.parameters(), *language_model.buffers()] if id(t) not in skip}
     return sum(t.numel() * t.element_size() for t in tensors.values())
 

@@ -14,9 +14,13 @@ Formats: int8 is symmetric with one scale per output row; int4 is asymmetric in 
 tinygemm layout). Memory: a CPU layer keeps its codes (shared with its session, which reads them in
 place) plus the packed copy ONNX Runtime builds from them, about twice the quantised size.
 
-Only the decoder's Linear layers are quantised: the output head (tied to the embeddings in some
-LLMs, and the most sensitive layer), the embeddings, the vision and audio towers and the projectors
-keep their dtype. Quantising happens once, when the model is loaded, on the device it runs on.
+What is quantised: the LLM's decoder Linear layers in the mode asked for, and its output head in int8
+whichever mode (`HEAD_QUANTIZATION`). The head is the most sensitive layer, so it never goes to 4 bits
+(llama.cpp's 4-bit formats keep it at 6 or 8 bits for the same reason), but it is read in full on
+every decode step: Phi-2's (51,200 × 2560) is a sixth of a float32 + int8 model's bytes per token and
+a quarter of an int4 one's if left in full precision. A head tied to the input embeddings gets its own
+int8 copy; the embedding table keeps its weights. The embeddings, the vision and audio towers and the
+projectors keep their dtype. Quantising happens once, when the model is loaded, on the device it runs on.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from torch.nn import functional as F
 
 Quantization = Literal["none", "int8", "int4"]
 QUANTIZATIONS: tuple[str, ...] = ("none", "int8", "int4")
+HEAD_QUANTIZATION: Quantization = "int8"  # the output head's format in every quantised mode (docstring above)
 INT4_GROUP_SIZES = (128, 64, 32)  # CUDA: the first that divides a layer's input size is used
 ACCURACY_LEVEL = 4  # MatMulNBits: activations rounded to int8 per block, integer products (its fast path)
 NBITS_BLOCK = 128  # MatMulNBits' block along the input (inputs padded with zeros to whole blocks)
@@ -174,7 +179,8 @@ class Int8WeightOnlyLinear(nn.Module):
 class Int4WeightOnlyLinear(nn.Module):
     """4-bit asymmetric weights in groups along the input. On the CPU: MatMulNBits' blocks of 128,
     w ≈ (q − zero) · scale with q and an integer zero in 0..15; on CUDA: torch's tinygemm convention,
-    w ≈ (q − 8) · scale + zero, in groups of `group_size`, activations in bf16."""
+    w ≈ (q − 8) · scale + zero, in groups of `group_size`, activations in bf16 (`group_size` is CUDA's
+    only: the CPU's blocks are always `NBITS_BLOCK`, the size MatMulNBits' fast kernels are built for)."""
 
     def __init__(self, linear: nn.Linear, group_size: int):
         super().__init__()
@@ -212,13 +218,7 @@ class Int4WeightOnlyLinear(nn.Module):
                                   block_size=NBITS_BLOCK)
 
     def _init_tinygemm(self, weight: torch.Tensor) -> None:
-        groups = weight.reshape(self.out_features, -1, self.group_size)
-        low, high = groups.amin(dim=2, keepdim=True), groups.amax(dim=2, keepdim=True)
-        scale = (high - low).clamp(min=1e-6) / 15
-        q = torch.round((groups - low) / scale).clamp(0, 15).to(torch.int32).reshape(self.out_features, -1)
-        zero = low + 8 * scale
-        # [input groups, output rows, (scale, zero)], the layout the kernel reads
-        scales_and_zeros = torch.cat([scale, zero], dim=2).transpose(0, 1).contiguous().to(torch.bfloat16)
+        q, scales_and_zeros = tinygemm_int4(weight, self.group_size)
         self.register_buffer("scales_and_zeros", scales_and_zeros)
         self.register_buffer("weight_int4", _pack_int4(q, weight.device))
 
@@ -251,6 +251,18 @@ class Int4WeightOnlyLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int4 groups of {self.group_size}"
+
+
+def tinygemm_int4(weight: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """torch's int4 kernels' convention, w ≈ (q − 8) · scale + zero per group of `group_size` inputs:
+    (q as int32 [out, in] in 0..15, bf16 [groups, out, (scale, zero)], the layout the kernels read)."""
+    out_features = weight.shape[0]
+    groups = weight.float().reshape(out_features, -1, group_size)
+    low, high = groups.amin(dim=2, keepdim=True), groups.amax(dim=2, keepdim=True)
+    scale = (high - low).clamp(min=1e-6) / 15
+    q = torch.round((groups - low) / scale).clamp(0, 15).to(torch.int32).reshape(out_features, -1)
+    zero = low + 8 * scale
+    return q, torch.cat([scale, zero], dim=2).transpose(0, 1).contiguous().to(torch.bfloat16)
 
 
 def _stay_on_device(module: nn.Module, buffer: str, apply, fn, recurse):
@@ -341,5 +353,11 @@ _malloc_trim = None  # glibc's malloc_trim, False where there is none
 
 
 def quantize_language_model_(language_model: nn.Module, mode: Quantization) -> int:
-    """Quantise an LLM's decoder Linears in place; its output head and embeddings stay as they are."""
-    return quantize_linear_layers_(language_model, mode, decoder_linears(language_model))
+    """Quantise an LLM in place: its decoder Linears in `mode`, its output head in `HEAD_QUANTIZATION`
+    (unless `mode` is "none"); the embeddings stay as they are. Returns how many layers were replaced."""
+    replaced = quantize_linear_layers_(language_model, mode, decoder_linears(language_model))
+    head = language_model.get_output_embeddings()
+    if mode != "none" and isinstance(head, nn.Linear):
+        name = next(n for n, m in language_model.named_modules() if m is head)
+        replaced += quantize_linear_layers_(language_model, HEAD_QUANTIZATION, [(name, head)])
+    return replaced

@@ -8,10 +8,11 @@ from PIL import Image
 from safetensors.torch import save_file
 from torch import nn
 
-from omniphi import presets, runtime
+from omniphi import bench, presets, runtime
 from omniphi.errors import DeviceError, UserError, is_user_error
 from omniphi.runtime import devices, loading, trained
-from omniphi.runtime.quantize import DENSE_PREFILL_ROWS, NBITS_BLOCK, Int4WeightOnlyLinear, Int8WeightOnlyLinear
+from omniphi.runtime.quantize import (DENSE_PREFILL_ROWS, NBITS_BLOCK, Int4WeightOnlyLinear, Int8WeightOnlyLinear,
+                                      quantize_language_model_, tinygemm_int4)
 
 CONVERSATION = [{"role": "user", "content": [{"type": "image", "image": Image.new("RGB", (40, 30), (200, 20, 20))},
                                              {"type": "text", "text": "What colour is the circle?"}]}]
@@ -83,18 +84,37 @@ def test_dtype_is_applied_to_every_part():
 
 @pytest.mark.parametrize("mode, layer_type, min_cosine", [("int8", Int8WeightOnlyLinear, 0.999),
                                                           ("int4", Int4WeightOnlyLinear, 0.98)])
-def test_quantize_replaces_only_the_llms_decoder_linears(reference, mode, layer_type, min_cosine):
+def test_quantize_replaces_the_llms_linears_and_puts_its_head_in_int8(reference, mode, layer_type, min_cosine):
     loaded = runtime.load("tiny", device="cpu", dtype="float32", quantize=mode)
     llm = loaded.model.language_model
     decoder = [m for n, m in llm.named_modules() if ".layers." in n and isinstance(m, (nn.Linear, layer_type))]
     assert decoder and all(type(m) is layer_type for m in decoder)
-    assert isinstance(llm.get_output_embeddings(), nn.Linear)  # the head keeps its precision (no int8/int4 class)
+    assert type(llm.get_output_embeddings()) is Int8WeightOnlyLinear  # never 4 bits: the most sensitive layer
+    assert type(llm.get_input_embeddings()) is nn.Embedding
     for tower in (loaded.model.vision_tower, loaded.model.multi_modal_projector, loaded.model.audio_projector):
         assert not any(isinstance(m, (Int8WeightOnlyLinear, Int4WeightOnlyLinear)) for m in tower.modules())
     quantized, full = logits(loaded), logits(reference)
     cosine = torch.cosine_similarity(quantized, full, dim=-1)
     assert cosine.min() > min_cosine, cosine
     assert (quantized - full).abs().max() > 0  # the layers really changed the arithmetic
+
+
+def test_a_tied_head_is_quantised_apart_from_the_embedding_table_it_shares():
+    llm = presets.tiny_parts("chatml")[0].eval()
+    assert llm.get_output_embeddings().weight is llm.get_input_embeddings().weight
+    table = llm.get_input_embeddings().weight.detach().clone()
+    ids = torch.tensor([[5, 9, 2, 7]])
+    with torch.no_grad():
+        before = llm(ids).logits
+        quantize_language_model_(llm, "int8")
+        after = llm(ids).logits
+    assert type(llm.get_output_embeddings()) is Int8WeightOnlyLinear
+    torch.testing.assert_close(llm.get_input_embeddings().weight, table, rtol=0, atol=0)  # the table is untouched
+    assert torch.cosine_similarity(before, after, dim=-1).min() > 0.999
+    # a decode step reads the int8 head, and one row of the table: the table no longer counts
+    embedding = llm.get_input_embeddings().weight
+    rest = [t for t in [*llm.parameters(), *llm.buffers()] if t is not embedding]
+    assert bench.weight_bytes_per_token(llm) == sum(t.numel() * t.element_size() for t in rest)
 
 
 def test_quantized_layers_compute_with_their_stored_weights():
@@ -125,6 +145,20 @@ def test_cpu_int4_layer_computes_with_the_weights_it_encodes(in_features):
     expected = x @ weight.T + linear.bias
     # the kernel rounds the activations to int8 per block: about 1 % of the output's scale
     assert (int4(x) - expected).abs().max() < 0.02 * expected.abs().max()
+
+
+def test_tinygemm_int4_codes_are_what_torchs_int4_kernel_multiplies_by():
+    """The CUDA int4 layout's arithmetic (torch's CPU twin of that kernel reads the same codes)."""
+    torch.manual_seed(0)
+    weight = torch.randn(48, 256)
+    q, scales_and_zeros = tinygemm_int4(weight, 64)
+    scale, zero = scales_and_zeros.float().unbind(-1)  # [groups, out] each
+    decoded = ((q.view(48, 4, 64).float() - 8) * scale.T[..., None] + zero.T[..., None]).view(48, 256)
+    assert ((decoded - weight).abs() <= scale.T.repeat_interleave(64, dim=1) * 0.51 + 0.02).all()
+    x = torch.randn(3, 256, dtype=torch.bfloat16)
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
+    y = torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, 64, scales_and_zeros)
+    torch.testing.assert_close(y.float(), x.float() @ decoded.T, atol=0.15, rtol=0.02)
 
 
 def test_cpu_quantised_layers_share_their_codes_with_the_kernel():
