@@ -1,12 +1,11 @@
 """Stage 1 of the starter model: teach its vision tower and projector to see shapes scenes and to say
 what they see in SmolLM2's own word space, before any stage runs the LLM.
 
-Why a stage of its own: the starter's tower starts random (no pretrained CLIP is available
-offline), and a pass through the 135M LLM costs ~0.5 s per sample on two CPU cores, so the LLM
-stages see only a few thousand samples in `make starter`'s hour. A first build that left all
-seeing to them reached 49 % on the test questions (count 100 %, position 21 %): the LLM could not
-learn in 175 steps to find an object among 25 image tokens it had never seen the like of. Here,
-without the LLM (~100× cheaper per image), the scene labels the data already has go in directly.
+Why a stage of its own: the starter's tower starts random (no pretrained CLIP is available offline),
+and a pass through the 135M LLM is ~100× dearer per image than one through the tower, so the LLM
+stages see only a few thousand samples in `make starter`'s hour: too few to learn to find an object
+among image tokens unlike anything the LLM has read. Here, without the LLM, the scene labels the data
+already has go in directly.
 
 The 25 image tokens are trained to *read like a caption*: row r of the 5 × 5 grid describes the
 r-th region in reading order (top, left, centre, right, bottom), one word per token::
@@ -16,13 +15,13 @@ r-th region in reading order (top, left, centre, right, bottom), one word per to
 Each token, after the projector, is pulled onto SmolLM2's input embedding of its word (cosine
 alignment, plus a cosine softmax against the other words of its group so the words stay apart,
 plus a norm penalty so it is as long as a word embedding). The tower's attention moves each
-region's look into its row. A second build that instead put all of a region's words on the one
-token over its patch ("red + hexagon + left" superposed) reached 65 %: the LLM had to pull a
-colour out of a mixture. As separate words in a fixed order, answering is reading: "What colour
-is the hexagon?" asks for the word before "hexagon", which the LLM's existing circuits for
-matching and copying words do. Colour and shape are separate targets, so held-out (colour,
-shape) pairs work too. The projector stays the standard mlp2x_gelu (export to llava-hf is
-unaffected); only its starting point is better.
+region's look into its row. Separate words in a fixed order, rather than a region's words
+superposed on one token, make answering reading: "What colour is the hexagon?" asks for the word
+before "hexagon", which the LLM's existing circuits for matching and copying words do, where a
+superposed token would make it pull a colour out of a mixture (the README's build history has what
+each layout measured). Colour and shape are separate targets, so held-out (colour, shape) pairs
+work too. The projector stays the standard mlp2x_gelu (export to llava-hf is unaffected); only its
+starting point is better.
 
 The output is a training output (`omniphi_trained.json` + the tower's and projector's weights) on
 the base model, so the next stage's recipe names it as its `model.base` like any other stage.
