@@ -6,11 +6,13 @@ torch's profiler sees only torch's ops: the time of quantised layers on the CPU 
 is the step's time minus the ops listed, printed as "outside torch's ops".
 
     .venv/bin/python bench/decode_profile.py [--layers 8] [--dtype float32] [--quantize int8] [--prompt 623]
+        [--all-threads]   (a quantised model's steps on every torch thread, not one as DecodeBatch runs them)
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
 
@@ -20,7 +22,7 @@ from torch.profiler import profile
 from decode_ops import phi2_sized
 from omniphi.runtime.decoding import new_cache
 from omniphi.runtime.fast_ops import install_fast_ops
-from omniphi.runtime.quantize import QUANTIZATIONS, quantize_language_model_
+from omniphi.runtime.quantize import QUANTIZATIONS, cores_left_to_kernels, quantize_language_model_, runs_cpu_kernels
 
 
 def main() -> None:
@@ -30,6 +32,7 @@ def main() -> None:
     parser.add_argument("--quantize", default="none", choices=QUANTIZATIONS)
     parser.add_argument("--prompt", type=int, default=623)
     parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--all-threads", action="store_true")
     args = parser.parse_args()
 
     model = phi2_sized(args.layers).to(getattr(torch, args.dtype))
@@ -40,9 +43,12 @@ def main() -> None:
         logits = model(input_ids=torch.randint(0, 50000, (1, args.prompt)), past_key_values=cache, use_cache=True,
                        logits_to_keep=1).logits
 
+        one_thread = runs_cpu_kernels(model) and not args.all_threads
+
         def step():
             nonlocal logits
-            logits = model(input_ids=logits[:, -1:].argmax(-1), past_key_values=cache, use_cache=True).logits
+            with cores_left_to_kernels() if one_thread else contextlib.nullcontext():
+                logits = model(input_ids=logits[:, -1:].argmax(-1), past_key_values=cache, use_cache=True).logits
 
         seconds = []
         for _ in range(args.steps):
@@ -53,8 +59,9 @@ def main() -> None:
             for _ in range(args.steps):
                 step()
     step_ms = statistics.median(seconds) * 1e3
-    print(f"{args.layers} layers, {args.dtype}, quantize {args.quantize}: decode step {step_ms:.1f} ms (median of "
-          f"{args.steps})")
+    threads = "one torch thread" if one_thread else f"{torch.get_num_threads()} torch threads"
+    print(f"{args.layers} layers, {args.dtype}, quantize {args.quantize}, {threads}: decode step {step_ms:.1f} ms "
+          f"(median of {args.steps})")
     events = profiler.key_averages()
     torch_ms = sum(e.self_cpu_time_total for e in events) / 1e3 / args.steps
     print(f"outside torch's ops (ONNX Runtime calls, Python): {max(step_ms - torch_ms, 0):.1f} ms per step")

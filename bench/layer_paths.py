@@ -3,7 +3,7 @@ on Phi-2's largest Linear (10240 x 2560), in one run:
 
 - an int8 layer (omniphi.runtime.quantize) given a prefill's rows, in float32 and bfloat16: its
   weight-only kernel (ONNX Runtime's MatMulNBits on the CPU) against the dense path (the int8 weight
-  copied into a scratch matrix in the activations' dtype, one matmul, scaled); the int4 kernel, which
+  copied into a bf16 scratch matrix, one bf16 matmul, scaled; taken where the CPU's bf16 matmul is fast); the int4 kernel, which
   prefills through MatMulNBits whatever the rows, beside a float32 Linear for scale;
 - a bf16 layer (omniphi.runtime.fast_ops.FewRowLinear) given a decode step's rows: `F.linear` against
   the weight @ inputs product; several weights in turn, so that the cache does not hold the one read.
@@ -50,10 +50,11 @@ def main() -> None:
         int8 = Int8WeightOnlyLinear(nn.Linear(IN_FEATURES, OUT_FEATURES, bias=False), dtype)
         prompt = torch.randn(args.prefill_rows, IN_FEATURES, dtype=dtype)
         kernel = best_ms(lambda: int8.kernel(prompt))
+        probed, int8.dense_dtype = int8.dense_dtype, torch.bfloat16
         quantize.DENSE_PREFILL_ROWS = 1  # the dense path whatever the rows, to see where the two cross
         dense = best_ms(lambda: int8(prompt))
         quantize.DENSE_PREFILL_ROWS = chosen
-        used = "dense" if args.prefill_rows >= chosen else "kernel"
+        used = "dense" if args.prefill_rows >= chosen and probed is not None else "kernel"
         print(f"int8 {str(dtype)[6:]}, {args.prefill_rows} rows: kernel {kernel:.1f} ms, dense path {dense:.1f} ms "
               f"({kernel / dense:.1f}x); omniphi runs the {used} path here (dense from {chosen} rows)")
     full = nn.Linear(IN_FEATURES, OUT_FEATURES, bias=False)

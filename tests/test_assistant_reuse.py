@@ -88,6 +88,22 @@ def test_answers_after_eviction_equal_cold_runs(tiny):
     assert len(one_prefix.prefix_cache) == 0
 
 
+def test_a_finished_answer_is_cached_without_a_copy_and_counted_with_its_spare_room(tiny):
+    assistant = Assistant(tiny)
+    messages = [user("Hi!")]
+    answer = assistant.complete(messages, GREEDY)
+    (entry, _), = assistant.prefix_cache._entries.values()
+    keys, values = entry.layers[0]
+    length = len(entry.keys)
+    assert keys.shape[2] == length
+    # a view of the batch's grown buffer (room for more positions), not a fresh copy ...
+    assert keys.untyped_storage().nbytes() > keys.numel() * keys.element_size()
+    # ... and the cache counts the whole buffers it keeps alive
+    assert assistant.prefix_cache.bytes == sum(t.untyped_storage().nbytes() for kv in entry.layers for t in kv)
+    follow_up = messages + [{"role": "assistant", "content": answer.text}, user("And then?")]
+    assert assistant.complete(follow_up, GREEDY).text == cold(tiny, follow_up).text
+
+
 def test_batched_greedy_equals_one_at_a_time(tiny):
     assistant = Assistant(tiny, kv_cache_bytes=0)
     conversations = [

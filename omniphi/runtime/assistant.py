@@ -228,7 +228,7 @@ class Assistant:
         keys = sequence.cached_keys
         if kv[0][0].shape[2] != len(keys):
             raise RuntimeError(f"key/values cover {kv[0][0].shape[2]} positions, the sequence {len(keys)}")
-        self.prefix_cache.put(keys, [(k.contiguous(), v.contiguous()) for k, v in kv])  # no spare room kept
+        self.prefix_cache.put(keys, kv)  # views of a finished batch's buffers, spare room included (it counts)
 
     # -- answering ----------------------------------------------------------------------------------------
     def stream(

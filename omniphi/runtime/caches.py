@@ -26,6 +26,16 @@ def tensor_bytes(tensors) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
+def storage_bytes(tensors) -> int:
+    """The memory `tensors` keep alive: their storages' whole sizes, each counted once (a view of a
+    larger buffer keeps all of it)."""
+    storages = {}
+    for t in tensors:
+        storage = t.untyped_storage()
+        storages[(storage.data_ptr(), t.device)] = storage.nbytes()
+    return sum(storages.values())
+
+
 class _ByteLRU:
     def __init__(self, max_bytes: int):
         if max_bytes < 0:
@@ -103,7 +113,7 @@ class PrefixCache(_ByteLRU):
         # An entry that is a prefix of the new one (the previous turn of this conversation) is redundant.
         for old in [k for k in self._entries if len(k) <= len(keys) and keys[: len(k)] == k]:
             self._drop(old)
-        self._put(keys, CachedPrefix(keys, layers), tensor_bytes(t for kv in layers for t in kv))
+        self._put(keys, CachedPrefix(keys, layers), storage_bytes(t for kv in layers for t in kv))
 
 
 def _shared_prefix(a: Sequence, b: Sequence, limit: int) -> int:

@@ -60,9 +60,27 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
     return DTYPES[dtype]
 
 
-@functools.cache
 def cpu_bf16_is_faster() -> bool:
-    """True when a bf16 matmul beats float32 on this CPU (measured once, cached on disk)."""
+    """True when bf16 beats float32 on this CPU at both a prompt-sized matmul and a decode product."""
+    fp32, bf16 = _cpu_bf16_probe()
+    return all(_clearly_faster(bf16[k], fp32[k]) for k in fp32)
+
+
+def cpu_bf16_matmul_is_faster() -> bool:
+    """True when a prompt-sized bf16 matmul beats float32 on this CPU (AMX, AVX-512 BF16), whatever
+    decode does: what decides how a quantised layer prefills (omniphi.runtime.quantize)."""
+    fp32, bf16 = _cpu_bf16_probe()
+    return _clearly_faster(bf16["matmul"], fp32["matmul"])
+
+
+def _clearly_faster(seconds: float, than: float) -> bool:
+    return seconds < than * 0.8  # a clear win only: timings on a shared machine are noisy
+
+
+@functools.cache
+def _cpu_bf16_probe() -> tuple[dict[str, float], dict[str, float]]:
+    """(float32, bf16) best seconds of a matmul and a decode product, measured once per machine and
+    cached on disk."""
     from omniphi.weights.cache import cache_dir
 
     key = f"{platform.processor() or platform.machine()}|{_cpu_model()}|torch {torch.__version__}|{torch.get_num_threads()} threads"
@@ -70,20 +88,19 @@ def cpu_bf16_is_faster() -> bool:
     try:
         cached = json.loads(path.read_text())
         if cached.get("key") == key:
-            return bool(cached["bf16_faster"])
-    except (OSError, ValueError, KeyError):
+            return ({k: float(cached["fp32_s"][k]) for k in ("matmul", "decode")},
+                    {k: float(cached["bf16_s"][k]) for k in ("matmul", "decode")})
+    except (OSError, ValueError, KeyError, TypeError):
         pass
     fp32 = {"matmul": _matmul_seconds(torch.float32), "decode": _decode_seconds(torch.float32)}
     bf16 = {"matmul": _matmul_seconds(torch.bfloat16), "decode": _decode_seconds(torch.bfloat16)}
-    # a clear win at both only: timings on a shared machine are noisy
-    faster = all(bf16[k] < fp32[k] * 0.8 for k in fp32)
     try:
         tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps({"key": key, "bf16_faster": faster, "fp32_s": fp32, "bf16_s": bf16}))
+        tmp.write_text(json.dumps({"key": key, "fp32_s": fp32, "bf16_s": bf16}))
         os.replace(tmp, path)
     except OSError:
         pass  # a read-only cache only costs the probe next time
-    return faster
+    return fp32, bf16
 
 
 def _matmul_seconds(dtype: torch.dtype, size: int = 512, repeats: int = 5) -> float:

@@ -25,6 +25,7 @@ projectors keep their dtype. Quantising happens once, when the model is loaded, 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import gc
@@ -36,16 +37,20 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from omniphi.runtime.devices import cpu_bf16_matmul_is_faster
+
 Quantization = Literal["none", "int8", "int4"]
 QUANTIZATIONS: tuple[str, ...] = ("none", "int8", "int4")
 HEAD_QUANTIZATION: Quantization = "int8"  # the output head's format in every quantised mode (docstring above)
 INT4_GROUP_SIZES = (128, 64, 32)  # CUDA: the first that divides a layer's input size is used
 ACCURACY_LEVEL = 4  # MatMulNBits: activations rounded to int8 per block, integer products (its fast path)
 NBITS_BLOCK = 128  # MatMulNBits' block along the input (inputs padded with zeros to whole blocks)
-# From this many rows (a prompt's prefill, not a decode step) an int8 layer in bf16/fp16 converts its weight
-# into a scratch matrix in that dtype and runs one dense matmul, which bf16 matmul hardware (AMX, AVX-512
-# BF16) runs about as fast as the int8 kernel or faster, while the kernel's time grows with every row. In
-# float32 the kernel stays: its integer products beat a float32 matmul at any length. `bench/layer_paths.py
+# From this many rows (a prompt's prefill, not a decode step) an int8 layer converts its weight into a
+# scratch matrix and runs one dense matmul, while the kernel's time grows with every row: on CUDA in the
+# model's dtype, on a CPU in bf16 where bf16 matmul hardware makes it clearly faster than float32 (AMX:
+# 2.7x the kernel at 623 rows; AVX-512 BF16: level; devices.cpu_bf16_matmul_is_faster), a float32
+# model's activations included (rounded to bf16, finer than the kernel's int8 blocks). Elsewhere the
+# kernel stays: its integer products beat a float32 matmul at any length. `bench/layer_paths.py
 # --prefill-rows N` compares the paths on a CPU.
 DENSE_PREFILL_ROWS = 96
 _scratch = threading.local()  # per thread: two engines in two threads must not share a scratch matrix
@@ -110,6 +115,28 @@ class NBitsKernel:
         return torch.from_numpy(self.session.run(None, {"A": rows})[0])
 
 
+def runs_cpu_kernels(module: nn.Module) -> bool:
+    """Whether `module` holds quantised layers that run ONNX Runtime's kernels (on the CPU)."""
+    return any(isinstance(m, (Int8WeightOnlyLinear, Int4WeightOnlyLinear)) and m.kernel is not None
+               for m in module.modules())
+
+
+@contextlib.contextmanager
+def cores_left_to_kernels():
+    """Run the enclosed torch ops on one thread of the calling thread's pool, so that ONNX Runtime's
+    kernels get the cores. A decode step of a quantised model is mostly those kernels, and between two
+    of them torch's idle OpenMP workers keep spinning (libgomp spins before it sleeps) on the cores
+    ONNX Runtime's threads need; the torch ops of a step (attention over the cache, norms) are small.
+    A prompt's prefill, whose attention and dense matmuls are large, keeps every thread. torch's
+    setting is per thread but is also the default a thread that first uses torch meanwhile starts with."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _blocks(in_features: int) -> int:
     return -(-in_features // NBITS_BLOCK)
 
@@ -130,7 +157,9 @@ class Int8WeightOnlyLinear(nn.Module):
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().to(compute_dtype),
                                                                   requires_grad=False)
         self.kernel = None
+        self.dense_dtype = compute_dtype  # the dtype of the dense prefill path, None: the kernel at any length
         if weight.device.type == "cpu":
+            self.dense_dtype = torch.bfloat16 if cpu_bf16_matmul_is_faster() else None
             blocks = _blocks(self.in_features)
             codes = torch.full((self.out_features, blocks * NBITS_BLOCK), 128, dtype=torch.uint8)  # 128 = 0
             codes[:, :self.in_features] = (signed.to(torch.int16) + 128).to(torch.uint8)
@@ -152,11 +181,11 @@ class Int8WeightOnlyLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         flat = x.reshape(-1, self.in_features).to(self.scale.dtype)
-        if flat.shape[0] >= DENSE_PREFILL_ROWS and (self.kernel is None or flat.dtype != torch.float32):
+        if flat.shape[0] >= DENSE_PREFILL_ROWS and self.dense_dtype is not None:
             # the scale is per output row, so scaling the product equals multiplying by the dequantised weight
-            weight = self._integer_weight(_scratch_matrix((self.out_features, self.in_features), flat.dtype,
+            weight = self._integer_weight(_scratch_matrix((self.out_features, self.in_features), self.dense_dtype,
                                                           flat.device))
-            y = F.linear(flat, weight) * self.scale
+            y = F.linear(flat.to(self.dense_dtype), weight).to(flat.dtype) * self.scale
         elif self.kernel is not None:
             y = self.kernel(flat).to(flat.dtype)
         else:

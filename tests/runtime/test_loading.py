@@ -12,7 +12,8 @@ from omniphi import bench, presets, runtime
 from omniphi.errors import DeviceError, UserError, is_user_error
 from omniphi.runtime import devices, loading, trained
 from omniphi.runtime.quantize import (DENSE_PREFILL_ROWS, NBITS_BLOCK, Int4WeightOnlyLinear, Int8WeightOnlyLinear,
-                                      quantize_language_model_, tinygemm_int4)
+                                      cores_left_to_kernels, quantize_language_model_, runs_cpu_kernels,
+                                      tinygemm_int4)
 
 CONVERSATION = [{"role": "user", "content": [{"type": "image", "image": Image.new("RGB", (40, 30), (200, 20, 20))},
                                              {"type": "text", "text": "What colour is the circle?"}]}]
@@ -161,6 +162,31 @@ def test_tinygemm_int4_codes_are_what_torchs_int4_kernel_multiplies_by():
     torch.testing.assert_close(y.float(), x.float() @ decoded.T, atol=0.15, rtol=0.02)
 
 
+def test_decode_steps_of_a_cpu_quantised_model_leave_the_cores_to_its_kernels(monkeypatch):
+    threads = torch.get_num_threads()
+    with pytest.raises(KeyError):
+        with cores_left_to_kernels():
+            assert torch.get_num_threads() == 1
+            raise KeyError("a failing step")
+    assert torch.get_num_threads() == threads  # restored, also after an error
+
+    from omniphi.chat import GenerationSettings
+    from omniphi.runtime.assistant import Assistant
+
+    plain = runtime.load("tiny", device="cpu", dtype="float32")
+    quantised = runtime.load("tiny", device="cpu", dtype="float32", quantize="int8")
+    assert not runs_cpu_kernels(plain.model) and runs_cpu_kernels(quantised.model)
+    settings = GenerationSettings(max_new_tokens=3)
+    question = [{"role": "user", "content": "Hello"}]
+    set_threads, calls = torch.set_num_threads, []
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: (calls.append(n), set_threads(n)))
+    Assistant(plain).complete(question, settings, ignore_eos=True)
+    assert calls == []  # an unquantised model decodes on every thread
+    Assistant(quantised).complete(question, settings, ignore_eos=True)
+    assert calls == [1, threads] * 2  # the 2 steps after the prefilled first token, each restoring the pool
+    assert torch.get_num_threads() == threads
+
+
 def test_cpu_quantised_layers_share_their_codes_with_the_kernel():
     """ONNX Runtime reads the layer's own buffers (external initializers): no third copy of the weights."""
     int8 = Int8WeightOnlyLinear(nn.Linear(256, 48), torch.float32)
@@ -170,11 +196,13 @@ def test_cpu_quantised_layers_share_their_codes_with_the_kernel():
         int4.weight_int4.data_ptr(), int4.scales.data_ptr(), int4.zero_points.data_ptr()]
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])  # bf16: the dense path; float32: the kernel
-def test_int8_prefill_matches_the_kernel_row_by_row(dtype):
+@pytest.mark.parametrize("dtype, dense_dtype", [(torch.bfloat16, torch.bfloat16), (torch.float32, torch.bfloat16),
+                                                (torch.float32, None)])  # None: the kernel at any length
+def test_int8_prefill_matches_the_kernel_row_by_row(dtype, dense_dtype):
     torch.manual_seed(0)
     linear = nn.Linear(256, 48)
     int8 = Int8WeightOnlyLinear(linear, dtype)
+    int8.dense_dtype = dense_dtype  # what the CPU's bf16 probe decides, both ways on any machine
     prompt = torch.randn(2, DENSE_PREFILL_ROWS, 256)  # 2 x 96 rows: a prefill
     dense = int8(prompt)
     one_row_at_a_time = torch.stack([torch.cat([int8(row[None]) for row in sequence]) for sequence in prompt])
@@ -224,25 +252,26 @@ def test_bf16_probe_runs_once_per_machine(monkeypatch, tmp_path):
 
     monkeypatch.setattr(devices, "_matmul_seconds", timed)
     monkeypatch.setattr(devices, "_decode_seconds", timed)
-    devices.cpu_bf16_is_faster.cache_clear()
+    devices._cpu_bf16_probe.cache_clear()
     try:
         assert devices.cpu_bf16_is_faster() is True
         assert len(calls) == 4 and (tmp_path / devices.PROBE_FILE).is_file()
-        devices.cpu_bf16_is_faster.cache_clear()  # a new process: the answer comes from the file
+        devices._cpu_bf16_probe.cache_clear()  # a new process: the answer comes from the file
         assert devices.cpu_bf16_is_faster() is True and len(calls) == 4
     finally:
-        devices.cpu_bf16_is_faster.cache_clear()
+        devices._cpu_bf16_probe.cache_clear()
 
 
-def test_bf16_slower_at_decode_keeps_float32(monkeypatch, tmp_path):
+def test_bf16_slower_at_decode_keeps_float32_but_still_prefills_quantised_layers_in_bf16(monkeypatch, tmp_path):
     monkeypatch.setenv("OMNIPHI_CACHE", str(tmp_path))
     monkeypatch.setattr(devices, "_matmul_seconds", lambda dtype, **_: 1.0 if dtype == torch.float32 else 0.3)
     monkeypatch.setattr(devices, "_decode_seconds", lambda dtype, **_: 1.0 if dtype == torch.float32 else 1.6)
-    devices.cpu_bf16_is_faster.cache_clear()
+    devices._cpu_bf16_probe.cache_clear()
     try:
         assert devices.cpu_bf16_is_faster() is False
+        assert devices.cpu_bf16_matmul_is_faster() is True  # the AVX-512-bf16 EPYC's case
     finally:
-        devices.cpu_bf16_is_faster.cache_clear()
+        devices._cpu_bf16_probe.cache_clear()
 
 
 def test_missing_weights_is_a_user_error():
