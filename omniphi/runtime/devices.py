@@ -2,9 +2,12 @@
 
 `auto` dtype is bfloat16 on CUDA, and on a CPU only where bf16 measures faster than float32 at both
 things an answer does: a prompt-sized matmul (prefill, the encoders) and a batch-1 matrix-vector
-product over weights larger than the caches (decode). CPUs with AMX run both faster in bf16; others
-emulate it, and some (measured: an AVX-512-bf16 EPYC) run the matmul faster but decode slower. The probe takes a fraction of a second and its answer is cached per CPU and torch
-version in $OMNIPHI_CACHE/cpu_bf16_probe.json, so it runs once per machine.
+product over 128 MB of float32 weights, more than most CPUs' caches hold (decode; in bf16 through
+`linear` and as `mv`, whichever is faster: fast_ops runs that one). CPUs with AMX run both faster in
+bf16; others emulate it, and some (measured: an AVX-512-bf16 EPYC) run the matmul faster but decode
+slower. The probe takes a fraction of a second and its timings are cached per CPU and torch version
+in $OMNIPHI_CACHE/cpu_bf16_probe.json, so it runs once per machine; the other questions asked of it
+(how a quantised layer prefills, which form a bf16 decode product takes) are answered from them.
 """
 
 from __future__ import annotations
@@ -61,9 +64,18 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
 
 
 def cpu_bf16_is_faster() -> bool:
-    """True when bf16 beats float32 on this CPU at both a prompt-sized matmul and a decode product."""
+    """True when bf16 beats float32 on this CPU at both a prompt-sized matmul and a decode product (the
+    faster of its two forms, the one fast_ops runs)."""
     fp32, bf16 = _cpu_bf16_probe()
-    return all(_clearly_faster(bf16[k], fp32[k]) for k in fp32)
+    return (_clearly_faster(bf16["matmul"], fp32["matmul"])
+            and _clearly_faster(min(bf16["decode"], bf16["decode_mv"]), fp32["decode"]))
+
+
+def cpu_bf16_mv_is_faster() -> bool:
+    """True when a bf16 decode product runs faster as a matrix-vector product (`mv`) than through
+    `linear` on this CPU: with AMX 1.2-1.4x, on an AVX-512-bf16 EPYC 0.8x (fast_ops.FewRowLinear)."""
+    _, bf16 = _cpu_bf16_probe()
+    return bf16["decode_mv"] < bf16["decode"] * 0.9  # a margin for noise; linear is the default
 
 
 def cpu_bf16_matmul_is_faster() -> bool:
@@ -89,11 +101,12 @@ def _cpu_bf16_probe() -> tuple[dict[str, float], dict[str, float]]:
         cached = json.loads(path.read_text())
         if cached.get("key") == key:
             return ({k: float(cached["fp32_s"][k]) for k in ("matmul", "decode")},
-                    {k: float(cached["bf16_s"][k]) for k in ("matmul", "decode")})
+                    {k: float(cached["bf16_s"][k]) for k in ("matmul", "decode", "decode_mv")})
     except (OSError, ValueError, KeyError, TypeError):
         pass
     fp32 = {"matmul": _matmul_seconds(torch.float32), "decode": _decode_seconds(torch.float32)}
-    bf16 = {"matmul": _matmul_seconds(torch.bfloat16), "decode": _decode_seconds(torch.bfloat16)}
+    bf16 = {"matmul": _matmul_seconds(torch.bfloat16), "decode": _decode_seconds(torch.bfloat16),
+            "decode_mv": _decode_seconds(torch.bfloat16, as_mv=True)}
     try:
         tmp = path.with_suffix(f".tmp{os.getpid()}")
         tmp.write_text(json.dumps({"key": key, "fp32_s": fp32, "bf16_s": bf16}))
@@ -116,15 +129,21 @@ def _matmul_seconds(dtype: torch.dtype, size: int = 512, repeats: int = 5) -> fl
     return best
 
 
-def _decode_seconds(dtype: torch.dtype, rows: int = 8192, cols: int = 4096, repeats: int = 5) -> float:
-    """Best time of one token's matrix-vector product over 128 MB of float32 weights (64 MB bf16)."""
+def _decode_seconds(dtype: torch.dtype, rows: int = 8192, cols: int = 4096, repeats: int = 5,
+                    as_mv: bool = False) -> float:
+    """Best time of one token's product over 128 MB of float32 weights (64 MB bf16), through `linear`
+    or as a matrix-vector product."""
     weight = torch.randn(rows, cols).to(dtype)
     x = torch.randn(1, cols).to(dtype)
-    torch.nn.functional.linear(x, weight)
+
+    def product():
+        return torch.mv(weight, x[0]) if as_mv else torch.nn.functional.linear(x, weight)
+
+    product()
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
-        torch.nn.functional.linear(x, weight)
+        product()
         best = min(best, time.perf_counter() - start)
     return best
 

@@ -9,10 +9,12 @@ same functions; only rounding differs (they are, if anything, more precise):
   queries; for a single query two small matmuls over the cached keys and values (with grouped-query
   heads as a reshape, not a copy) are several times faster. Longer queries (prefill) and other
   devices keep SDPA.
-- **The LLM's Linear layers in bf16/fp16 for a few rows** (decoding one to a few sequences): torch's
-  `linear` reads a half-precision weight well below the memory bandwidth for a row vector, while the
-  same product as a matrix-vector product (`mv`, or weight @ input^T for several rows) reads it near
-  the bandwidth. float32 and longer inputs keep `linear`, which is as fast or faster there.
+- **The LLM's Linear layers in bf16/fp16 for a few rows** (decoding one to a few sequences): on CPUs
+  with AMX torch's `linear` reads a half-precision weight well below the memory bandwidth for a row
+  vector, while the same product as a matrix-vector product (`mv`, or weight @ input^T for several
+  rows) reads it near the bandwidth; on others (an AVX-512-bf16 EPYC) it is the other way round, so
+  the `--dtype auto` probe decides, once per machine (devices.cpu_bf16_mv_is_faster). float32 and
+  longer inputs keep `linear`, which is as fast or faster there.
 
 Measured by bench/decode_ops.py (numbers in the README, "Speed: the inference engine").
 """
@@ -26,6 +28,8 @@ from transformers import AttentionInterface
 from transformers.activations import NewGELUActivation
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+from omniphi.runtime import devices
 
 DECODE_ATTENTION = "omniphi_decode_sdpa"  # the name models are switched to (transformers' AttentionInterface)
 
@@ -66,13 +70,14 @@ HALF_PRECISION = (torch.bfloat16, torch.float16)
 
 class FewRowLinear(nn.Linear):
     """nn.Linear whose CPU products in half precision for at most FEW_ROWS rows are computed as the
-    weight times the inputs (see the module docstring); everything else is `F.linear`. Same parameters
-    and state-dict keys as nn.Linear: `install_fast_ops` switches a layer's class in place."""
+    weight times the inputs where this CPU runs them faster that way (see the module docstring);
+    everything else is `F.linear`. Same parameters and state-dict keys as nn.Linear: `install_fast_ops`
+    switches a layer's class in place."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // self.in_features
         if (rows > FEW_ROWS or x.device.type != "cpu" or x.dtype not in HALF_PRECISION
-                or self.weight.dtype != x.dtype):
+                or self.weight.dtype != x.dtype or not devices.cpu_bf16_mv_is_faster()):
             return F.linear(x, self.weight, self.bias)
         flat = x.reshape(rows, self.in_features)
         y = torch.mv(self.weight, flat[0])[None] if rows == 1 else torch.matmul(self.weight, flat.t()).t()

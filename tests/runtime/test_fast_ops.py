@@ -11,6 +11,7 @@ from transformers.activations import NewGELUActivation
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from omniphi import presets
+from omniphi.runtime import devices
 from omniphi.runtime.fast_ops import DECODE_ATTENTION, FEW_ROWS, FewRowLinear, decode_attention, install_fast_ops
 from omniphi.runtime.loading import load
 
@@ -84,9 +85,15 @@ def test_load_switches_models_to_the_fast_paths():
     assert not any(type(m) is NewGELUActivation for m in model.modules())
 
 
+@pytest.mark.parametrize("mv_is_faster", [True, False])  # what the CPU probe says, both ways on any machine
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 @pytest.mark.parametrize("rows", [1, 3, FEW_ROWS + 8])
-def test_few_row_linear_computes_what_linear_computes(dtype, rows):
+def test_few_row_linear_computes_what_linear_computes(dtype, rows, mv_is_faster, monkeypatch):
+    monkeypatch.setattr(devices, "cpu_bf16_mv_is_faster", lambda: mv_is_faster)
+    products = []
+    mv, matmul = torch.mv, torch.matmul
+    monkeypatch.setattr(torch, "mv", lambda *a: (products.append("mv"), mv(*a))[1])
+    monkeypatch.setattr(torch, "matmul", lambda *a: (products.append("matmul"), matmul(*a))[1])
     torch.manual_seed(0)
     plain = nn.Linear(64, 48).to(dtype)
     fast = copy.deepcopy(plain)
@@ -100,3 +107,5 @@ def test_few_row_linear_computes_what_linear_computes(dtype, rows):
     # no worse than torch's own half-precision linear
     own_error = (plain(x).float() - expected).abs().max()
     assert (got.float() - expected).abs().max() <= 2 * own_error + 1e-6
+    weight_times_inputs = mv_is_faster and dtype != torch.float32 and rows <= FEW_ROWS
+    assert products == ([("mv" if rows == 1 else "matmul")] if weight_times_inputs else [])

@@ -255,9 +255,9 @@ def test_bf16_probe_runs_once_per_machine(monkeypatch, tmp_path):
     devices._cpu_bf16_probe.cache_clear()
     try:
         assert devices.cpu_bf16_is_faster() is True
-        assert len(calls) == 4 and (tmp_path / devices.PROBE_FILE).is_file()
+        assert len(calls) == 5 and (tmp_path / devices.PROBE_FILE).is_file()  # fp32: 2 products; bf16: 3
         devices._cpu_bf16_probe.cache_clear()  # a new process: the answer comes from the file
-        assert devices.cpu_bf16_is_faster() is True and len(calls) == 4
+        assert devices.cpu_bf16_is_faster() is True and len(calls) == 5
     finally:
         devices._cpu_bf16_probe.cache_clear()
 
@@ -270,6 +270,19 @@ def test_bf16_slower_at_decode_keeps_float32_but_still_prefills_quantised_layers
     try:
         assert devices.cpu_bf16_is_faster() is False
         assert devices.cpu_bf16_matmul_is_faster() is True  # the AVX-512-bf16 EPYC's case
+    finally:
+        devices._cpu_bf16_probe.cache_clear()
+
+
+def test_bf16_decode_counts_the_faster_of_linear_and_mv(monkeypatch, tmp_path):
+    monkeypatch.setenv("OMNIPHI_CACHE", str(tmp_path))
+    monkeypatch.setattr(devices, "_matmul_seconds", lambda dtype, **_: 1.0 if dtype == torch.float32 else 0.3)
+    monkeypatch.setattr(devices, "_decode_seconds",  # bf16 linear slower than float32, bf16 mv faster
+                        lambda dtype, as_mv=False: 1.0 if dtype == torch.float32 else (0.6 if as_mv else 1.2))
+    devices._cpu_bf16_probe.cache_clear()
+    try:
+        assert devices.cpu_bf16_mv_is_faster() is True
+        assert devices.cpu_bf16_is_faster() is True  # fast_ops runs the mv form there
     finally:
         devices._cpu_bf16_probe.cache_clear()
 
