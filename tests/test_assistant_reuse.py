@@ -120,6 +120,26 @@ def test_batched_greedy_equals_one_at_a_time(tiny):
     assert np.allclose([p for r in together for p in r.logprobs], [p for r in alone for p in r.logprobs], atol=1e-4)
 
 
+@pytest.mark.parametrize("quantize", ["int8", "int4"])
+def test_a_quantised_model_answers_alike_batched_reused_and_cold(quantize):
+    """ONNX Runtime's kernels quantise each row's activations on their own, and decode steps run with one
+    torch thread: neither may make an answer depend on its neighbours in the batch or on the cache."""
+    from omniphi import runtime
+
+    quantised = runtime.load("tiny", quantize=quantize)
+    assistant = Assistant(quantised, kv_cache_bytes=0)
+    conversations = [[user("Hi!")], [user(picture(4), "What is this, in a few words?")], [user(tone(0.5), "Listen.")]]
+    settings = GenerationSettings(max_new_tokens=10)
+    alone = [assistant.complete(c, settings) for c in conversations]
+    together = assistant.complete_batch(conversations, settings)
+    assert [r.token_ids for r in together] == [r.token_ids for r in alone]
+    warm = Assistant(quantised)
+    first = conversations[1]
+    answer = warm.complete(first, settings)
+    follow_up = first + [{"role": "assistant", "content": answer.text}, user("And then?")]
+    assert warm.complete(follow_up, settings).token_ids == cold(quantised, follow_up, settings).token_ids
+
+
 def test_a_member_that_joins_late_decodes_like_it_would_alone(tiny):
     assistant = Assistant(tiny, kv_cache_bytes=0)
     long = [user(picture(5), "A long question about the picture, with many words in it.")]
