@@ -278,8 +278,8 @@ class DecodeBatch:
         layers = self._layers()
         keep = [row for row, s in enumerate(self.members) if s not in done]
         # A lone member's key/values are handed over as views of the batch's buffers, which the batch drops
-        # below and never writes again: copying a long prompt's states (413 MB for Phi-2 at 630 positions in
-        # float32) into fresh memory took 0.6-0.9 s per answer on a VM, where first-touched pages are slow.
+        # below and never writes again: a copy would be a long prompt's whole state (hundreds of MB for Phi-2)
+        # written into fresh memory at the end of every answer (bench/answer_steps.py times that step).
         # A row of a larger batch is copied, so that it does not keep the other rows' buffers alive.
         handover = len(self.members) == 1
         for row, sequence in enumerate(self.members):

@@ -67,13 +67,12 @@ def cpu_bf16_is_faster() -> bool:
     """True when bf16 beats float32 on this CPU at both a prompt-sized matmul and a decode product (the
     faster of its two forms, the one fast_ops runs)."""
     fp32, bf16 = _cpu_bf16_probe()
-    return (_clearly_faster(bf16["matmul"], fp32["matmul"])
-            and _clearly_faster(min(bf16["decode"], bf16["decode_mv"]), fp32["decode"]))
+    return cpu_bf16_matmul_is_faster() and _clearly_faster(min(bf16["decode"], bf16["decode_mv"]), fp32["decode"])
 
 
 def cpu_bf16_mv_is_faster() -> bool:
     """True when a bf16 decode product runs faster as a matrix-vector product (`mv`) than through
-    `linear` on this CPU: with AMX 1.2-1.4x, on an AVX-512-bf16 EPYC 0.8x (fast_ops.FewRowLinear)."""
+    `linear` on this CPU (with AMX it does, on an AVX-512-bf16 EPYC it did not): fast_ops.FewRowLinear."""
     _, bf16 = _cpu_bf16_probe()
     return bf16["decode_mv"] < bf16["decode"] * 0.9  # a margin for noise; linear is the default
 

@@ -47,8 +47,8 @@ ACCURACY_LEVEL = 4  # MatMulNBits: activations rounded to int8 per block, intege
 NBITS_BLOCK = 128  # MatMulNBits' block along the input (inputs padded with zeros to whole blocks)
 # From this many rows (a prompt's prefill, not a decode step) an int8 layer converts its weight into a
 # scratch matrix and runs one dense matmul, while the kernel's time grows with every row: on CUDA in the
-# model's dtype, on a CPU in bf16 where bf16 matmul hardware makes it clearly faster than float32 (AMX:
-# 2.7x the kernel at 623 rows; AVX-512 BF16: level; devices.cpu_bf16_matmul_is_faster), a float32
+# model's dtype, on a CPU in bf16 where bf16 matmul hardware makes it clearly faster than float32 (with
+# AMX well ahead of the kernel, with AVX-512 BF16 level; devices.cpu_bf16_matmul_is_faster), a float32
 # model's activations included (rounded to bf16, finer than the kernel's int8 blocks). Elsewhere the
 # kernel stays: its integer products beat a float32 matmul at any length. `bench/layer_paths.py
 # --prefill-rows N` compares the paths on a CPU.
