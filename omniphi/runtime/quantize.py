@@ -14,6 +14,11 @@ Formats: int8 is symmetric with one scale per output row; int4 is asymmetric in 
 tinygemm layout). Memory: a CPU layer keeps its codes (shared with its session, which reads them in
 place) plus the packed copy ONNX Runtime builds from them, about twice the quantised size.
 
+Layers that read the very same input (a Phi block's q, k, v and fc1; a Llama block's q, k, v, and gate
+and up) are quantised as one stacked layer on the CPU (`SharedInputProjections`): one kernel call
+instead of several per decode step, each call having a fixed cost that a one-row product does not
+amortise (bench/shared_projections.py compares the two).
+
 What is quantised: the LLM's decoder Linear layers in the mode asked for, and its output head in int8
 whichever mode (`HEAD_QUANTIZATION`). The head is the most sensitive layer, so it never goes to 4 bits
 (llama.cpp's 4-bit formats keep it at 6 or 8 bits for the same reason), but it is read in full on
@@ -324,9 +329,9 @@ def decoder_linears(language_model: nn.Module):
 
 
 def quantize_linear_layers_(module: nn.Module, mode: Quantization, layers=None) -> int:
-    """Replace `layers` ((name, nn.Linear) under `module`; default: all of its Linears) by their int8/int4
-    weight-only versions, in place, on the device they are on. Returns how many were replaced; on CUDA a
-    layer whose input size no int4 group size divides keeps its weights."""
+    """Replace `layers` ((name, nn.Linear) under `module`, of which only the names are read; default: all of
+    its Linears) by their int8/int4 weight-only versions, in place, on the device they are on. Returns how
+    many were replaced; on CUDA a layer whose input size no int4 group size divides keeps its weights."""
     if mode not in QUANTIZATIONS:
         raise ValueError(f"quantize must be one of {', '.join(QUANTIZATIONS)}, not {mode!r}")
     if mode == "none":
@@ -339,22 +344,145 @@ def quantize_linear_layers_(module: nn.Module, mode: Quantization, layers=None) 
     replaced = 0
     for name in names:
         linear = module.get_submodule(name)
-        on_cpu = linear.weight.device.type == "cpu"
-        if mode == "int8":
-            # CUDA's int8 kernel wants bf16/fp16 activations; on the CPU they keep the model's dtype
-            compute = linear.weight.dtype if on_cpu or linear.weight.dtype != torch.float32 else torch.bfloat16
-            quantized = Int8WeightOnlyLinear(linear, compute)
-        else:
-            group = next((g for g in INT4_GROUP_SIZES if linear.in_features % g == 0), None)
-            if group is None and not on_cpu:
-                continue
-            quantized = Int4WeightOnlyLinear(linear, group)
-        parent_name, _, child = name.rpartition(".")
-        setattr(module.get_submodule(parent_name) if parent_name else module, child, quantized)
+        quantized = _quantized(linear, mode)
+        if quantized is None:
+            continue
+        _replace(module, name, quantized)
         del linear  # its weight is freed here (no reference cycle holds it), so no collection is needed
         _trim_heap()
         replaced += 1
     return replaced
+
+
+def _quantized(linear: nn.Linear, mode: Quantization) -> nn.Module | None:
+    """`linear` in `mode` on its device; None where that device has no kernel for it (CUDA int4 needs an
+    input size one of `INT4_GROUP_SIZES` divides)."""
+    on_cpu = linear.weight.device.type == "cpu"
+    if mode == "int8":
+        # CUDA's int8 kernel wants bf16/fp16 activations; on the CPU they keep the model's dtype
+        compute = linear.weight.dtype if on_cpu or linear.weight.dtype != torch.float32 else torch.bfloat16
+        return Int8WeightOnlyLinear(linear, compute)
+    group = next((g for g in INT4_GROUP_SIZES if linear.in_features % g == 0), None)
+    if group is None and not on_cpu:
+        return None
+    return Int4WeightOnlyLinear(linear, group)
+
+
+def _replace(module: nn.Module, name: str, replacement: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(module.get_submodule(parent_name) if parent_name else module, child, replacement)
+
+
+class SharedInputProjections(nn.Module):
+    """Linear layers that read the very same input, quantised as one: their weights stacked row-wise into
+    one quantised layer (`fused`), so that a decode step runs one kernel call for all of them. On the CPU
+    every call is an ONNX Runtime session run with a fixed cost (waking the session's worker thread,
+    handing over the arrays) that a few-row product does not amortise; Phi-2 makes 6 such calls per
+    decoder layer, 3 once its q, k, v and fc1 share one. Quantising stacked rows gives each row the codes
+    and scales it would get alone (int8 scales per row, int4 blocks run along a row).
+
+    The layers' places are taken by `ProjectionSlice`s. The first one called with an input computes the
+    outputs of all and keeps the others' until they are taken; a slice called with another input (or
+    twice with the same one) computes again, so any call order is correct, merely slower."""
+
+    def __init__(self, fused: nn.Module, out_features: list[int]):
+        super().__init__()
+        self.fused = fused
+        ends = np.cumsum(out_features).tolist()
+        self.bounds = list(zip([0, *ends[:-1]], ends))
+        self._pending = threading.local()  # per thread: two engines may share a model
+
+    def output(self, x: torch.Tensor, index: int) -> torch.Tensor:
+        pending = self._pending
+        outputs = getattr(pending, "outputs", None)
+        if outputs is None or pending.input is not x or outputs[index] is None:
+            y = self.fused(x)
+            outputs = [y[..., start:end] for start, end in self.bounds]
+            pending.input = x  # held, so its identity cannot pass to another tensor meanwhile
+        result = outputs[index].contiguous()  # callers reshape with .view
+        outputs[index] = None
+        if any(output is not None for output in outputs):
+            pending.outputs = outputs
+        else:
+            pending.input = pending.outputs = None
+        return result
+
+
+class ProjectionSlice(nn.Module):
+    """One layer of a `SharedInputProjections`, where the original Linear stood: its rows of the stacked
+    product. The first slice holds the shared layer as its submodule (so the model's modules, buffers
+    and moves see it once); the others refer to it."""
+
+    def __init__(self, shared: SharedInputProjections, index: int):
+        super().__init__()
+        self.index = index
+        if index == 0:
+            self.shared = shared
+        else:
+            object.__setattr__(self, "shared", shared)  # a plain reference, not a second registration
+        start, end = shared.bounds[index]
+        self.in_features, self.out_features = shared.fused.in_features, end - start
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.shared.output(x, self.index)
+
+    def dequantized_weight(self) -> torch.Tensor:
+        start, end = self.shared.bounds[self.index]
+        return self.shared.fused.dequantized_weight()[start:end]
+
+    def extra_repr(self) -> str:
+        start, end = self.shared.bounds[self.index]
+        return f"rows {start}:{end} of the shared projection"
+
+
+def shared_input_groups(language_model: nn.Module, names: list[str]) -> list[list[str]]:
+    """The layers among `names` (Linears of `language_model`) that read the very same input tensor, found
+    by running the model on two tokens and noting what each layer is called with: in a Phi block q, k, v
+    and fc1 (attention and MLP in parallel on one normalised input), in a Llama block q, k, v, and gate
+    and up. Observed rather than listed per architecture, so any LLM transformers builds is covered; a
+    layer called more than once per pass stays alone."""
+    calls: dict[str, list[torch.Tensor]] = {name: [] for name in names}
+    hooks = [language_model.get_submodule(name).register_forward_pre_hook(
+        lambda _module, args, name=name: calls[name].append(args[0]) if args else None) for name in names]
+    try:
+        device = next(language_model.parameters()).device
+        with torch.inference_mode():
+            language_model(input_ids=torch.zeros(1, 2, dtype=torch.long, device=device), use_cache=False)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    by_input: dict[int, list[str]] = {}
+    for name, inputs in calls.items():  # the inputs stay referenced until here, so no two share an id
+        if len(inputs) == 1:
+            by_input.setdefault(id(inputs[0]), []).append(name)
+    return [group for group in by_input.values() if len(group) > 1]
+
+
+def _quantize_shared_input_group_(module: nn.Module, mode: Quantization, names: list[str]) -> int:
+    """Replace the Linears `names` (same input, same device and dtype) by the `ProjectionSlice`s of one
+    quantised `SharedInputProjections`. Returns how many layers were replaced (0 where the device has no
+    kernel for the stacked layer)."""
+    linears = [module.get_submodule(name) for name in names]
+    first = linears[0]
+    stacked = nn.Linear(first.in_features, sum(linear.out_features for linear in linears),
+                        bias=any(linear.bias is not None for linear in linears),
+                        device=first.weight.device, dtype=first.weight.dtype)
+    with torch.no_grad():
+        stacked.weight.copy_(torch.cat([linear.weight for linear in linears]))
+        if stacked.bias is not None:
+            stacked.bias.copy_(torch.cat([torch.zeros(linear.out_features, dtype=stacked.bias.dtype,
+                                                      device=stacked.bias.device)
+                                          if linear.bias is None else linear.bias for linear in linears]))
+    fused = _quantized(stacked, mode)
+    del stacked
+    if fused is None:
+        return 0
+    shared = SharedInputProjections(fused, [linear.out_features for linear in linears])
+    for index, name in enumerate(names):
+        _replace(module, name, ProjectionSlice(shared, index))
+    del linears, first
+    _trim_heap()
+    return len(names)
 
 
 def release_freed_memory() -> None:
@@ -384,7 +512,16 @@ _malloc_trim = None  # glibc's malloc_trim, False where there is none
 def quantize_language_model_(language_model: nn.Module, mode: Quantization) -> int:
     """Quantise an LLM in place: its decoder Linears in `mode`, its output head in `HEAD_QUANTIZATION`
     (unless `mode` is "none"); the embeddings stay as they are. Returns how many layers were replaced."""
-    replaced = quantize_linear_layers_(language_model, mode, decoder_linears(language_model))
+    # names, not modules: each full-precision layer must be freed as soon as it is replaced
+    names = [name for name, _ in decoder_linears(language_model)]
+    groups = []
+    if mode != "none" and names and all(language_model.get_submodule(name).weight.device.type == "cpu" for name in names):
+        # the stacked layer saves kernel calls of ONNX Runtime's (CPU); CUDA's kernels are untested stacked
+        groups = shared_input_groups(language_model, names)
+    grouped = {name for group in groups for name in group}
+    replaced = quantize_linear_layers_(language_model, mode, ((name, None) for name in names if name not in grouped))
+    for group in groups:
+        replaced += _quantize_shared_input_group_(language_model, mode, group)
     head = language_model.get_output_embeddings()
     if mode != "none" and isinstance(head, nn.Linear):
         name = next(n for n, m in language_model.named_modules() if m is head)

@@ -11,9 +11,11 @@ from torch import nn
 from omniphi import bench, presets, runtime
 from omniphi.errors import DeviceError, UserError, is_user_error
 from omniphi.runtime import devices, loading, trained
+from omniphi.runtime import quantize
 from omniphi.runtime.quantize import (DENSE_PREFILL_ROWS, NBITS_BLOCK, Int4WeightOnlyLinear, Int8WeightOnlyLinear,
-                                      cores_left_to_kernels, quantize_language_model_, runs_cpu_kernels,
-                                      tinygemm_int4)
+                                      NBitsKernel, ProjectionSlice, SharedInputProjections, cores_left_to_kernels,
+                                      decoder_linears, quantize_language_model_, runs_cpu_kernels,
+                                      shared_input_groups, tinygemm_int4)
 
 CONVERSATION = [{"role": "user", "content": [{"type": "image", "image": Image.new("RGB", (40, 30), (200, 20, 20))},
                                              {"type": "text", "text": "What colour is the circle?"}]}]
@@ -88,8 +90,10 @@ def test_dtype_is_applied_to_every_part():
 def test_quantize_replaces_the_llms_linears_and_puts_its_head_in_int8(reference, mode, layer_type, min_cosine):
     loaded = runtime.load("tiny", device="cpu", dtype="float32", quantize=mode)
     llm = loaded.model.language_model
-    decoder = [m for n, m in llm.named_modules() if ".layers." in n and isinstance(m, (nn.Linear, layer_type))]
-    assert decoder and all(type(m) is layer_type for m in decoder)
+    decoder = [m for n, m in llm.named_modules()
+               if ".layers." in n and isinstance(m, (nn.Linear, layer_type, ProjectionSlice))]
+    assert decoder and all(type(m.shared.fused if isinstance(m, ProjectionSlice) else m) is layer_type
+                           for m in decoder)
     assert type(llm.get_output_embeddings()) is Int8WeightOnlyLinear  # never 4 bits: the most sensitive layer
     assert type(llm.get_input_embeddings()) is nn.Embedding
     for tower in (loaded.model.vision_tower, loaded.model.multi_modal_projector, loaded.model.audio_projector):
@@ -116,6 +120,62 @@ def test_a_tied_head_is_quantised_apart_from_the_embedding_table_it_shares():
     embedding = llm.get_input_embeddings().weight
     rest = [t for t in [*llm.parameters(), *llm.buffers()] if t is not embedding]
     assert bench.weight_bytes_per_token(llm) == sum(t.numel() * t.element_size() for t in rest)
+
+
+@pytest.mark.parametrize("flavour, expected", [
+    ("phi", [["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "mlp.fc1"]]),  # attention ∥ MLP
+    ("chatml", [["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"], ["mlp.gate_proj", "mlp.up_proj"]]),
+])
+def test_layers_reading_the_same_input_are_found_by_watching_a_forward_pass(flavour, expected):
+    llm = presets.tiny_parts(flavour)[0].eval()
+    groups = shared_input_groups(llm, [name for name, _ in decoder_linears(llm)])
+    assert groups == [[f"model.layers.{layer}.{name}" for name in group] for layer in (0, 1) for group in expected]
+
+
+def _unshared(monkeypatch, llm, mode):
+    with monkeypatch.context() as patch:
+        patch.setattr(quantize, "shared_input_groups", lambda *_: [])
+        quantize_language_model_(llm, mode)
+
+
+@pytest.mark.parametrize("flavour", ["phi", "chatml"])
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+def test_shared_input_layers_compute_as_apart_in_fewer_kernel_calls(monkeypatch, flavour, mode):
+    """Stacking rows changes no code or scale: the logits equal those of the layers quantised one by one,
+    with one kernel call per group instead of one per layer."""
+    stacked, apart = (presets.tiny_parts(flavour)[0].eval() for _ in range(2))
+    quantize_language_model_(stacked, mode)
+    _unshared(monkeypatch, apart, mode)
+    calls = []
+    original = NBitsKernel.__call__
+    monkeypatch.setattr(NBitsKernel, "__call__", lambda self, x: (calls.append(self), original(self, x))[1])
+    ids = torch.tensor([[5, 9, 2, 7, 11]])
+    with torch.no_grad():
+        apart_logits = apart(ids).logits
+        apart_calls = len(calls)
+        calls.clear()
+        stacked_logits = stacked(ids).logits
+    torch.testing.assert_close(stacked_logits, apart_logits, rtol=1e-5, atol=1e-5)
+    layers_per_block = {"phi": 6, "chatml": 7}[flavour]
+    calls_per_block = {"phi": 3, "chatml": 4}[flavour]  # phi: [q k v fc1], dense, fc2; llama: [q k v], o, [gate up], down
+    assert apart_calls == 2 * layers_per_block + 1  # two blocks, and the head
+    assert len(calls) == 2 * calls_per_block + 1
+
+
+def test_a_shared_input_slice_recomputes_for_another_input_or_a_second_call():
+    torch.manual_seed(0)
+    fused = Int8WeightOnlyLinear(nn.Linear(64, 24), torch.float32)
+    shared = SharedInputProjections(fused, [8, 16])
+    first, second = ProjectionSlice(shared, 0), ProjectionSlice(shared, 1)
+    x, y = torch.randn(3, 64), torch.randn(3, 64)
+    full_x, full_y = fused(x), fused(y)
+    torch.testing.assert_close(first(x), full_x[:, :8])
+    torch.testing.assert_close(second(y), full_y[:, 8:])  # another input: not x's pending rows
+    torch.testing.assert_close(first(y), full_y[:, :8])
+    torch.testing.assert_close(first(y), full_y[:, :8])  # taken twice: computed again
+    torch.testing.assert_close(second(x), full_x[:, 8:])
+    assert second(x).is_contiguous()
+    assert torch.equal(second.dequantized_weight(), fused.dequantized_weight()[8:])
 
 
 def test_quantized_layers_compute_with_their_stored_weights():
