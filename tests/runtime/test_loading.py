@@ -315,9 +315,10 @@ def test_bf16_probe_runs_once_per_machine(monkeypatch, tmp_path):
     devices._cpu_bf16_probe.cache_clear()
     try:
         assert devices.cpu_bf16_is_faster() is True
-        assert len(calls) == 5 and (tmp_path / devices.PROBE_FILE).is_file()  # fp32: 2 products; bf16: 3
+        assert len(calls) == 5 * devices.PROBE_ROUNDS  # fp32: 2 products; bf16: 3; in each round
+        assert (tmp_path / devices.PROBE_FILE).is_file()
         devices._cpu_bf16_probe.cache_clear()  # a new process: the answer comes from the file
-        assert devices.cpu_bf16_is_faster() is True and len(calls) == 5
+        assert devices.cpu_bf16_is_faster() is True and len(calls) == 5 * devices.PROBE_ROUNDS
     finally:
         devices._cpu_bf16_probe.cache_clear()
 
@@ -356,3 +357,23 @@ def test_a_models_wish_for_a_gpu_falls_back_to_the_cpu_without_one(monkeypatch):
     assert loading.resolve_choice("auto", "float32", "none", {"device": "cuda"}).device == torch.device("cpu")
     with pytest.raises(DeviceError):  # the user's own --device cuda stays an error
         loading.resolve_choice("cuda", "float32", "none", {})
+
+
+def test_bf16_probe_keeps_each_products_best_round(monkeypatch, tmp_path):
+    """A burst of other work during one bf16 timing must not cache 'float32 is faster' for good."""
+    monkeypatch.setenv("OMNIPHI_CACHE", str(tmp_path))
+    bf16_calls = []
+
+    def timed(dtype, **_):
+        if dtype == torch.float32:
+            return 1.0
+        bf16_calls.append(dtype)
+        return 2.0 if len(bf16_calls) <= 3 else 0.3  # the whole first round of bf16 timed while busy
+
+    monkeypatch.setattr(devices, "_matmul_seconds", timed)
+    monkeypatch.setattr(devices, "_decode_seconds", timed)
+    devices._cpu_bf16_probe.cache_clear()
+    try:
+        assert devices.cpu_bf16_is_faster() is True
+    finally:
+        devices._cpu_bf16_probe.cache_clear()
