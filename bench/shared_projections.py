@@ -4,7 +4,8 @@ against the same layers called one by one, alternating step by step in one proce
 the same machine state. Random weights (speed does not depend on their values), prompt as long as
 the README's bench prompt, one torch thread in the steps as `DecodeBatch` runs them.
 
-    .venv/bin/python bench/shared_projections.py [--layers 8] [--quantize int4] [--steps 30]
+    .venv/bin/python bench/shared_projections.py [--layers 8] [--quantize int4] [--steps 30] [--rows 1]
+        [--prompt 623]   (--rows 4: four sequences decoding together, as 4 concurrent streams do)
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ def main() -> None:
     parser.add_argument("--quantize", default="int4", choices=["int8", "int4"])
     parser.add_argument("--prompt", type=int, default=623)
     parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--rows", type=int, default=1)
     args = parser.parse_args()
 
     runs = {}
@@ -46,7 +48,7 @@ def main() -> None:
         for shared in (False, True):
             model = prepared(args.layers, args.quantize, shared)
             cache = new_cache()
-            prompt = torch.randint(0, 50000, (1, args.prompt), generator=torch.Generator().manual_seed(0))
+            prompt = torch.randint(0, 50000, (args.rows, args.prompt), generator=torch.Generator().manual_seed(0))
             logits = model(input_ids=prompt, past_key_values=cache, use_cache=True, logits_to_keep=1).logits
             runs[shared] = {"model": model, "cache": cache, "token": logits[:, -1:].argmax(-1), "seconds": []}
         for _ in range(args.steps):
@@ -57,7 +59,7 @@ def main() -> None:
                     run["seconds"].append(time.perf_counter() - started)
                 run["token"] = logits[:, -1:].argmax(-1)
     apart, stacked = (statistics.median(runs[shared]["seconds"]) * 1e3 for shared in (False, True))
-    print(f"{args.layers} layers, {args.quantize}, median of {args.steps} decode steps: layers one by one "
+    print(f"{args.layers} layers, {args.quantize}, {args.rows} row(s), median of {args.steps} decode steps: layers one by one "
           f"{apart:.1f} ms, shared-input layers stacked {stacked:.1f} ms ({stacked / apart:.2f}x)")
 
 
