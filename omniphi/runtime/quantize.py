@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import gc
 import threading
 from typing import Literal
@@ -75,6 +76,21 @@ def _scratch_matrix(shape: torch.Size, dtype: torch.dtype, device: torch.device)
     return matrix[:numel].view(shape)
 
 
+@functools.cache
+def _register_shared_cpu_arena() -> None:
+    """One memory arena for every NBitsKernel session of the process (ONNX Runtime's environment-level
+    allocator, which sessions opt into with `session.use_env_allocators`). With an arena per session,
+    each of a Phi-2 model's ~100 sessions would keep the largest output it ever produced (a prompt's:
+    tens of MB each, gigabytes in all) and write every output into its own memory, cold in the caches;
+    a layer's output lives only until the next layers have read it, so one arena serves them all from
+    the same few blocks."""
+    import onnxruntime
+
+    cpu = onnxruntime.OrtMemoryInfo("Cpu", onnxruntime.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0,
+                                    onnxruntime.OrtMemType.DEFAULT)
+    onnxruntime.create_and_register_allocator(cpu, onnxruntime.OrtArenaCfg({}))  # {}: ONNX Runtime's defaults
+
+
 class NBitsKernel:
     """y = x @ ((codes − zero_points) · scales)^T on the CPU, through one ONNX Runtime session running the
     `com.microsoft.MatMulNBits` operator. codes: uint8 [out, blocks, block·bits/8], packed low-first along
@@ -107,6 +123,8 @@ class NBitsKernel:
         options.inter_op_num_threads = 1
         # Idle threads must sleep, not spin: between two layers torch's own threads need the cores.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        _register_shared_cpu_arena()
+        options.add_session_config_entry("session.use_env_allocators", "1")
         options.log_severity_level = 3
         # kept referenced for the session's lifetime: ONNX Runtime does not own this memory
         self._initializers = [onnxruntime.OrtValue.ortvalue_from_numpy(a) for a in arrays.values()]

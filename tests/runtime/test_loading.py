@@ -256,6 +256,23 @@ def test_cpu_quantised_layers_share_their_codes_with_the_kernel():
         int4.weight_int4.data_ptr(), int4.scales.data_ptr(), int4.zero_points.data_ptr()]
 
 
+def test_kernels_outputs_come_from_one_arena_not_one_per_layer():
+    """Every layer's kernel session would otherwise keep the largest output it ever produced: gigabytes
+    for a Phi-2 model after one long prompt."""
+    def resident_bytes() -> int:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * 4096
+
+    torch.manual_seed(0)
+    layers = [Int4WeightOnlyLinear(nn.Linear(256, 4096, bias=False), group_size=128) for _ in range(16)]
+    prompt = torch.randn(1024, 256)  # each output: 1024 x 4096 float32 = 16 MiB
+    layers[0](prompt)  # the arena's first block
+    before = resident_bytes()
+    for layer in layers[1:]:
+        layer(prompt)  # the output is dropped at once, as a model drops a layer's output once read
+    assert resident_bytes() - before < 64 * 2**20  # 15 arenas of their own would keep ≥ 240 MiB
+
+
 @pytest.mark.parametrize("dtype, dense_dtype", [(torch.bfloat16, torch.bfloat16), (torch.float32, torch.bfloat16),
                                                 (torch.float32, None)])  # None: the kernel at any length
 def test_int8_prefill_matches_the_kernel_row_by_row(dtype, dense_dtype):
