@@ -124,7 +124,8 @@ def weight_bytes_per_token(language_model) -> int:
     return sum(t.numel() * t.element_size() for t in tensors.values())
 
 
-def _picture():
+def sample_picture():
+    """The picture of every first turn measured (and of bench/ scripts that measure the same turn)."""
     from PIL import Image, ImageDraw
 
     image = Image.new("RGB", (336, 336), (235, 235, 235))
@@ -132,7 +133,8 @@ def _picture():
     return image
 
 
-def _user(*parts):
+def user_message(*parts):
+    """A user message of text (str) and picture (PIL image) parts, in order."""
     return {"role": "user", "content": [{"type": "text", "text": p} if isinstance(p, str) else {"type": "image", "image": p}
                                         for p in parts]}
 
@@ -176,8 +178,8 @@ def baseline(loaded, new_tokens: int, device: torch.device) -> tuple[float, floa
         _sync(device)
         return [started] + streamer.times
 
-    generate([_user("Warm up.")], 2)  # first calls pay for allocations and kernel choices
-    times = generate([_user(_picture(), QUESTION)], new_tokens)
+    generate([user_message("Warm up.")], 2)  # first calls pay for allocations and kernel choices
+    times = generate([user_message(sample_picture(), QUESTION)], new_tokens)
     return (len(times) - 2) / (times[-1] - times[1]), times[1] - times[0]
 
 
@@ -203,13 +205,13 @@ def measure(assistant, new_tokens: int, device: torch.device) -> dict:
         _sync(device)
         return sum(len(s.token_ids) - 1 for s in sequences) / (time.perf_counter() - started)
 
-    decode([start([_user("Warm up.")])])  # first calls pay for allocations and kernel choices
-    first = [_user(_picture(), QUESTION)]
+    decode([start([user_message("Warm up.")])])  # first calls pay for allocations and kernel choices
+    first = [user_message(sample_picture(), QUESTION)]
     sequence, ttft = _timed(lambda: start(first))
     decode_tok_s = decode([sequence])
-    follow_up = first + [{"role": "assistant", "content": sequence.text()}, _user(FOLLOW_UP)]
+    follow_up = first + [{"role": "assistant", "content": sequence.text()}, user_message(FOLLOW_UP)]
     second, followup_ttft = _timed(lambda: start(follow_up))
-    stories = [[_user(f"Tell me story number {i} about a lighthouse keeper.")] for i in range(STREAMS + 1)]
+    stories = [[user_message(f"Tell me story number {i} about a lighthouse keeper.")] for i in range(STREAMS + 1)]
     one = decode([start(stories[0])])
     together = decode([start(s) for s in stories[1:]])
     return dict(decode_tok_s=decode_tok_s, ttft_s=ttft, followup_ttft_s=followup_ttft,
