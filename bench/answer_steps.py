@@ -27,8 +27,7 @@ def main() -> None:
     assistant = Assistant(runtime.load(args.model, device="cpu", dtype=args.dtype, quantize=args.quantize))
     settings = GenerationSettings(max_new_tokens=args.new_tokens)
     for answer in ("warm-up", "measured"):
-        sequence = assistant.begin([bench.user_message(bench.sample_picture(), bench.QUESTION + f" ({answer})")], settings,
-                                   ignore_eos=True)
+        sequence = assistant.begin(bench.first_turn(bench.QUESTION + f" ({answer})"), settings, ignore_eos=True)
         assistant.prefill(sequence)
         batch = assistant.new_batch()
         batch.add(sequence)

@@ -35,8 +35,7 @@ def main() -> None:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
     print(f"{args.model} {args.dtype} quantize {args.quantize}: resident {resident_gib():.1f} GiB after loading, "
           f"peak {peak:.1f} GiB")
-    Assistant(loaded).complete([bench.user_message(bench.sample_picture(), bench.QUESTION)], GenerationSettings(max_new_tokens=8),
-                               ignore_eos=True)
+    Assistant(loaded).complete(bench.first_turn(), GenerationSettings(max_new_tokens=8), ignore_eos=True)
     print(f"resident {resident_gib():.1f} GiB after answering one image + question")
     del loaded
 

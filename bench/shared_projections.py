@@ -59,8 +59,8 @@ def main() -> None:
                     run["seconds"].append(time.perf_counter() - started)
                 run["token"] = logits[:, -1:].argmax(-1)
     apart, stacked = (statistics.median(runs[shared]["seconds"]) * 1e3 for shared in (False, True))
-    print(f"{args.layers} layers, {args.quantize}, {args.rows} row(s), median of {args.steps} decode steps: layers one by one "
-          f"{apart:.1f} ms, shared-input layers stacked {stacked:.1f} ms ({stacked / apart:.2f}x)")
+    print(f"{args.layers} layers, {args.quantize}, {args.rows} row(s), median of {args.steps} decode steps: "
+          f"layers one by one {apart:.1f} ms, shared-input layers stacked {stacked:.1f} ms ({stacked / apart:.2f}x)")
 
 
 if __name__ == "__main__":

@@ -135,8 +135,13 @@ def sample_picture():
 
 def user_message(*parts):
     """A user message of text (str) and picture (PIL image) parts, in order."""
-    return {"role": "user", "content": [{"type": "text", "text": p} if isinstance(p, str) else {"type": "image", "image": p}
-                                        for p in parts]}
+    return {"role": "user", "content": [{"type": "text", "text": p} if isinstance(p, str)
+                                        else {"type": "image", "image": p} for p in parts]}
+
+
+def first_turn(question: str = QUESTION) -> list[dict]:
+    """The conversation whose first token every configuration is timed on: the sample picture + a question."""
+    return [user_message(sample_picture(), question)]
 
 
 def _timed(function):
@@ -179,7 +184,7 @@ def baseline(loaded, new_tokens: int, device: torch.device) -> tuple[float, floa
         return [started] + streamer.times
 
     generate([user_message("Warm up.")], 2)  # first calls pay for allocations and kernel choices
-    times = generate([user_message(sample_picture(), QUESTION)], new_tokens)
+    times = generate(first_turn(), new_tokens)
     return (len(times) - 2) / (times[-1] - times[1]), times[1] - times[0]
 
 
@@ -206,7 +211,7 @@ def measure(assistant, new_tokens: int, device: torch.device) -> dict:
         return sum(len(s.token_ids) - 1 for s in sequences) / (time.perf_counter() - started)
 
     decode([start([user_message("Warm up.")])])  # first calls pay for allocations and kernel choices
-    first = [user_message(sample_picture(), QUESTION)]
+    first = first_turn()
     sequence, ttft = _timed(lambda: start(first))
     decode_tok_s = decode([sequence])
     follow_up = first + [{"role": "assistant", "content": sequence.text()}, user_message(FOLLOW_UP)]

@@ -117,8 +117,7 @@ def _cpu_bf16_probe() -> tuple[dict[str, float], dict[str, float]]:
     for _ in range(PROBE_ROUNDS):
         for name, product in products.items():
             best[name] = min(best[name], product())
-    fp32 = {kind: best["fp32", kind] for kind in ("matmul", "decode")}
-    bf16 = {kind: best["bf16", kind] for kind in ("matmul", "decode", "decode_mv")}
+    fp32, bf16 = ({kind: seconds for (of, kind), seconds in best.items() if of == dtype} for dtype in ("fp32", "bf16"))
     try:
         tmp = path.with_suffix(f".tmp{os.getpid()}")
         tmp.write_text(json.dumps({"key": key, "fp32_s": fp32, "bf16_s": bf16}))

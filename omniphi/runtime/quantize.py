@@ -4,10 +4,10 @@ Decode is memory-bound: each token reads every LLM weight once, so bytes per wei
 speed, provided the kernel unpacks them as fast as memory delivers them. On the CPU the matmuls are
 ONNX Runtime's `MatMulNBits` operator (its MLAS kernels quantise the activations per block to int8
 on the fly, `accuracy_level` 4, as llama.cpp does, and multiply in integers): one small session per
-layer, all drawing their outputs from one shared memory arena. torch's own weight-only CPU kernels (`aten._weight_int8pack_mm`, `aten._weight_int4pack_mm_for_cpu`,
-which torchao's configs wrap) unpack more slowly than memory delivers on a few cores, and
-bitsandbytes' CPU kernels are slower still (README, "Devices and weight formats", measured by
-bench/quantized_decode.py). On CUDA (untested here: no GPU) torch's kernels run.
+layer, all drawing their outputs from one shared memory arena. torch's own weight-only CPU kernels
+(`aten._weight_int8pack_mm`, `aten._weight_int4pack_mm_for_cpu`, which torchao's configs wrap) unpack
+more slowly than memory delivers on a few cores, and bitsandbytes' CPU kernels are slower still
+(README, "Devices and weight formats", measured by bench/quantized_decode.py). On CUDA (untested here: no GPU) torch's kernels run.
 
 Formats: int8 is symmetric with one scale per output row; int4 is asymmetric in groups along the input
 (on the CPU: blocks of 128 with an integer zero point, MatMulNBits' convention; on CUDA: torch's

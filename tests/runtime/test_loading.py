@@ -1,6 +1,7 @@
 """omniphi.runtime.load: every kind of spec, the dtype/device/quantize it applies, and what `auto` picks."""
 
 import json
+import resource
 
 import pytest
 import torch
@@ -261,7 +262,7 @@ def test_kernels_outputs_come_from_one_arena_not_one_per_layer():
     for a Phi-2 model after one long prompt."""
     def resident_bytes() -> int:
         with open("/proc/self/statm") as statm:
-            return int(statm.read().split()[1]) * 4096
+            return int(statm.read().split()[1]) * resource.getpagesize()
 
     torch.manual_seed(0)
     layers = [Int4WeightOnlyLinear(nn.Linear(256, 4096, bias=False), group_size=128) for _ in range(16)]
