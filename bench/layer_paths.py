@@ -2,9 +2,10 @@
 on Phi-2's largest Linear (10240 x 2560), in one run:
 
 - an int8 layer (omniphi.runtime.quantize) given a prefill's rows, in float32 and bfloat16: its
-  weight-only kernel (ONNX Runtime's MatMulNBits on the CPU) against the dense path (the int8 weight
-  copied into a bf16 scratch matrix, one bf16 matmul, scaled; taken where the CPU's bf16 matmul is fast); the int4 kernel, which
-  prefills through MatMulNBits whatever the rows, beside a float32 Linear for scale;
+  weight-only kernel (ONNX Runtime's MatMulNBits on the CPU) against the two prompt paths, integer
+  products (int8 activations per row and block × the int8 codes, torch._int_mm) and bf16 dense (the
+  int8 weight copied into a bf16 scratch matrix, one bf16 matmul, scaled), and which one the CPU probe
+  picked; the int4 kernel, which prefills through MatMulNBits whatever the rows, beside a float32 Linear for scale;
 - a bf16 layer (omniphi.runtime.fast_ops.FewRowLinear) given a decode step's rows: `F.linear` against
   the weight @ inputs product; several weights in turn, so that the cache does not hold the one read.
 
@@ -49,14 +50,19 @@ def main() -> None:
     for dtype in (torch.float32, torch.bfloat16):
         int8 = Int8WeightOnlyLinear(nn.Linear(IN_FEATURES, OUT_FEATURES, bias=False), dtype)
         prompt = torch.randn(args.prefill_rows, IN_FEATURES, dtype=dtype)
-        kernel = best_ms(lambda: int8.kernel(prompt))
-        probed, int8.dense_dtype = int8.dense_dtype, torch.bfloat16
-        quantize.DENSE_PREFILL_ROWS = 1  # the dense path whatever the rows, to see where the two cross
-        dense = best_ms(lambda: int8(prompt))
+        probed = int8.prefill_dtype
+        times = {"kernel": best_ms(lambda: int8.kernel(prompt))}
+        quantize.DENSE_PREFILL_ROWS = 1  # the other paths whatever the rows, to see where they cross
+        for name, path in (("integer products", torch.int8), ("bf16 dense", torch.bfloat16)):
+            int8.prefill_dtype = path
+            times[name] = best_ms(lambda: int8(prompt))
         quantize.DENSE_PREFILL_ROWS = chosen
-        used = "dense" if args.prefill_rows >= chosen and probed is not None else "kernel"
-        print(f"int8 {str(dtype)[6:]}, {args.prefill_rows} rows: kernel {kernel:.1f} ms, dense path {dense:.1f} ms "
-              f"({kernel / dense:.1f}x); omniphi runs the {used} path here (dense from {chosen} rows)")
+        used = {None: "kernel", torch.int8: "integer products", torch.bfloat16: "bf16 dense"}[probed]
+        if args.prefill_rows < chosen:
+            used = "kernel"
+        print(f"int8 {str(dtype)[6:]}, {args.prefill_rows} rows: "
+              + ", ".join(f"{name} {ms:.1f} ms ({times['kernel'] / ms:.2f}x the kernel)" for name, ms in times.items())
+              + f"; omniphi runs {used} here (the probe's choice from {chosen} rows)")
     full = nn.Linear(IN_FEATURES, OUT_FEATURES, bias=False)
     int4 = quantize.Int4WeightOnlyLinear(full, quantize.NBITS_BLOCK)
     prompt = torch.randn(args.prefill_rows, IN_FEATURES)

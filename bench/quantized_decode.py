@@ -10,8 +10,8 @@ fp32), all measured in one run:
 
 Libraries: plain torch (fp32/bf16 Linear), omniphi's own path (`omniphi.runtime.quantize`, the one
 `--quantize` uses: ONNX Runtime's MatMulNBits on the CPU), torch's own int8/int4 weight-only kernels
-(what torchao's weight-only configs wrap), torchao's int8 weight-only config (eager, as a server runs
-it), and bitsandbytes' CPU 8-bit and 4-bit Linear layers. A library that fails to run here is
+(what torchao's weight-only configs wrap) and its int8 × int8 product (`_int_mm`), torchao's int8
+weight-only config (eager, as a server runs it), and bitsandbytes' CPU 8-bit and 4-bit Linear layers. A library that fails to run here is
 reported, not hidden.
 """
 
@@ -107,6 +107,26 @@ class TorchInt8Linear(nn.Module):
             *x.shape[:-1], -1)
 
 
+class TorchIntMMLinear(nn.Module):
+    """int8 × int8 products (`torch._int_mm`, what omniphi's int8 layers prefill with where the CPU probe
+    finds them fast): the activation rounded to int8 with one scale per row, the weight's codes signed."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        weight = linear.weight.detach().float()
+        scale = weight.abs().amax(dim=1) / 127
+        self.register_buffer("weight", torch.round(weight / scale[:, None]).to(torch.int8))
+        self.register_buffer("scale", scale)
+        self.register_buffer("bias", linear.bias.detach().float())
+
+    def forward(self, x):
+        flat = x.reshape(-1, x.shape[-1]).float()
+        row_scale = flat.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / 127
+        rounded = (flat / row_scale).round_().to(torch.int8)
+        y = torch._int_mm(rounded, self.weight.t()).float() * row_scale * self.scale + self.bias
+        return y.to(x.dtype).reshape(*x.shape[:-1], -1)
+
+
 class TorchInt4Linear(nn.Module):
     """torch's CPU int4 kernel: groups of 128 inputs with a bf16 scale and zero each (tinygemm's layout)."""
 
@@ -183,6 +203,7 @@ def configurations(base: nn.Module):
         ("int4 (omniphi: ONNX Runtime MatMulNBits)", omniphi("int4")),
         ("int8 (torch _weight_int8pack_mm)", torch_kernel(TorchInt8Linear)),
         ("int4 (torch _weight_int4pack_mm_for_cpu)", torch_kernel(TorchInt4Linear)),
+        ("int8 x int8 (torch _int_mm, activations per row)", torch_kernel(TorchIntMMLinear)),
         ("int8 (torchao Int8WeightOnlyConfig, eager)", torchao_int8),
         ("int8 (bitsandbytes Linear8bitLt)", bitsandbytes(8)),
         ("nf4 (bitsandbytes Linear4bit)", bitsandbytes(4)),

@@ -43,7 +43,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from omniphi.runtime.devices import cpu_bf16_matmul_is_faster
+from omniphi.runtime.devices import cpu_bf16_matmul_is_faster, cpu_matmul_shares
 
 Quantization = Literal["none", "int8", "int4"]
 QUANTIZATIONS: tuple[str, ...] = ("none", "int8", "int4")
@@ -51,14 +51,24 @@ HEAD_QUANTIZATION: Quantization = "int8"  # the output head's format in every qu
 INT4_GROUP_SIZES = (128, 64, 32)  # CUDA: the first that divides a layer's input size is used
 ACCURACY_LEVEL = 4  # MatMulNBits: activations rounded to int8 per block, integer products (its fast path)
 NBITS_BLOCK = 128  # MatMulNBits' block along the input (inputs padded with zeros to whole blocks)
-# From this many rows (a prompt's prefill, not a decode step) an int8 layer converts its weight into a
-# scratch matrix and runs one dense matmul, while the kernel's time grows with every row: on CUDA in the
-# model's dtype, on a CPU in bf16 where bf16 matmul hardware makes it clearly faster than float32 (with
-# AMX well ahead of the kernel, with AVX-512 BF16 level; devices.cpu_bf16_matmul_is_faster), a float32
-# model's activations included (rounded to bf16, finer than the kernel's int8 blocks). Elsewhere the
-# kernel stays: its integer products beat a float32 matmul at any length. `bench/layer_paths.py
+# From this many rows (a prompt's prefill, not a decode step) an int8 layer leaves the weight-only kernel,
+# whose time grows with every row, for one large product: on CUDA a dense matmul in the model's dtype; on
+# a CPU the fastest the probe found (`prefill_dtype_on_this_cpu`): integer products (`torch._int_mm`,
+# int8 activations × the int8 codes, which VNNI and AMX run several times faster than float32), or a bf16
+# matmul over the weight converted into a scratch matrix (where bf16 matmul hardware makes it clearly
+# faster than float32), or, where neither wins, the kernel at any length. `bench/layer_paths.py
 # --prefill-rows N` compares the paths on a CPU.
 DENSE_PREFILL_ROWS = 96
+# The integer prefill path is taken where the probe's int8 matmul takes at most this share of float32's:
+# the kernel it replaces already runs a prompt at ~0.7x a float32 matmul (bench/layer_paths.py).
+INTEGER_PREFILL_SHARE = 0.5
+# The integer prefill path rounds activations to int8 with one scale per row (a token), as one product must
+# for speed; an input feature far larger than the rest (LLMs have a few, in fixed channels) would flatten
+# every other input of its row to a few levels, so the columns whose peak over the prompt exceeds this many
+# times the median column's peak are multiplied in float instead (LLM.int8()'s decomposition), at most
+# 1/OUTLIER_SHARE of the columns.
+OUTLIER_PEAK_RATIO = 4.0
+OUTLIER_SHARE = 32
 _scratch = threading.local()  # per thread: two engines in two threads must not share a scratch matrix
 
 
@@ -138,6 +148,19 @@ class NBitsKernel:
         return torch.from_numpy(self.session.run(None, {"A": rows})[0])
 
 
+def prefill_dtype_on_this_cpu() -> torch.dtype | None:
+    """How an int8 layer multiplies a prompt on this CPU (DENSE_PREFILL_ROWS and more rows): torch.int8
+    (integer products) or torch.bfloat16 (a dense matmul), whichever the CPU probe times faster against
+    float32 among those that beat the kernel; None, the kernel."""
+    shares = cpu_matmul_shares()
+    candidates = {}
+    if shares["int8"] <= INTEGER_PREFILL_SHARE:
+        candidates[torch.int8] = shares["int8"]
+    if cpu_bf16_matmul_is_faster():
+        candidates[torch.bfloat16] = shares["bf16"]
+    return min(candidates, key=candidates.get, default=None)
+
+
 def runs_cpu_kernels(module: nn.Module) -> bool:
     """Whether `module` holds quantised layers that run ONNX Runtime's kernels (on the CPU)."""
     return any(isinstance(m, (Int8WeightOnlyLinear, Int4WeightOnlyLinear)) and m.kernel is not None
@@ -180,9 +203,11 @@ class Int8WeightOnlyLinear(nn.Module):
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().to(compute_dtype),
                                                                   requires_grad=False)
         self.kernel = None
-        self.dense_dtype = compute_dtype  # the dtype of the dense prefill path, None: the kernel at any length
+        # how a prompt is multiplied (DENSE_PREFILL_ROWS): a float dtype, a dense matmul in it; int8, integer
+        # products; None, the kernel at any length
+        self.prefill_dtype = compute_dtype
         if weight.device.type == "cpu":
-            self.dense_dtype = torch.bfloat16 if cpu_bf16_matmul_is_faster() else None
+            self.prefill_dtype = prefill_dtype_on_this_cpu()
             blocks = _blocks(self.in_features)
             codes = torch.full((self.out_features, blocks * NBITS_BLOCK), 128, dtype=torch.uint8)  # 128 = 0
             codes[:, :self.in_features] = (signed.to(torch.int16) + 128).to(torch.uint8)
@@ -204,11 +229,14 @@ class Int8WeightOnlyLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         flat = x.reshape(-1, self.in_features).to(self.scale.dtype)
-        if flat.shape[0] >= DENSE_PREFILL_ROWS and self.dense_dtype is not None:
+        prefill = flat.shape[0] >= DENSE_PREFILL_ROWS and self.prefill_dtype is not None
+        if prefill and self.prefill_dtype == torch.int8:
+            y = self._integer_product(flat).to(flat.dtype) * self.scale
+        elif prefill:
             # the scale is per output row, so scaling the product equals multiplying by the dequantised weight
-            weight = self._integer_weight(_scratch_matrix((self.out_features, self.in_features), self.dense_dtype,
+            weight = self._integer_weight(_scratch_matrix((self.out_features, self.in_features), self.prefill_dtype,
                                                           flat.device))
-            y = F.linear(flat.to(self.dense_dtype), weight).to(flat.dtype) * self.scale
+            y = F.linear(flat.to(self.prefill_dtype), weight).to(flat.dtype) * self.scale
         elif self.kernel is not None:
             y = self.kernel(flat).to(flat.dtype)
         else:
@@ -216,6 +244,28 @@ class Int8WeightOnlyLinear(nn.Module):
         if self.bias is not None:
             y = y + self.bias
         return y.reshape(*shape[:-1], self.out_features).to(x.dtype)
+
+    def _integer_product(self, flat: torch.Tensor) -> torch.Tensor:
+        """flat @ codes^T in float32, before the weight's scale: the activations rounded to int8 per row,
+        their outlier columns (OUTLIER_PEAK_RATIO) multiplied in float. The codes are stored offset by 128
+        for the kernel; flipping their top bit gives the signed ones."""
+        signed = torch.bitwise_xor(self.codes[:, :self.in_features], 128,
+                                   out=_scratch_matrix((self.out_features, self.in_features), torch.uint8,
+                                                       flat.device)).view(torch.int8)
+        x = flat.float()  # may be the caller's tensor: not written to
+        peaks = x.abs().amax(dim=0)
+        outliers = (peaks > peaks.median() * OUTLIER_PEAK_RATIO).nonzero().flatten()
+        if len(outliers) > self.in_features // OUTLIER_SHARE:
+            outliers = peaks.topk(self.in_features // OUTLIER_SHARE).indices
+        if len(outliers):
+            outlier_inputs = x[:, outliers]
+            x = x.index_fill(1, outliers, 0.0)
+        scale = x.abs().amax(dim=1, keepdim=True).clamp_(min=1e-12) / 127.0
+        rounded = (x / scale).round_().to(torch.int8)  # |values| <= 127: no clamp needed
+        y = torch._int_mm(rounded, signed.t()).float().mul_(scale)
+        if len(outliers):
+            y.addmm_(outlier_inputs, signed[:, outliers].t().float())
+        return y
 
     def dequantized_weight(self) -> torch.Tensor:
         integer = torch.empty(self.out_features, self.in_features, device=self.scale.device)

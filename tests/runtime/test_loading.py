@@ -274,20 +274,39 @@ def test_kernels_outputs_come_from_one_arena_not_one_per_layer():
     assert resident_bytes() - before < 64 * 2**20  # 15 arenas of their own would keep ≥ 240 MiB
 
 
-@pytest.mark.parametrize("dtype, dense_dtype", [(torch.bfloat16, torch.bfloat16), (torch.float32, torch.bfloat16),
-                                                (torch.float32, None)])  # None: the kernel at any length
-def test_int8_prefill_matches_the_kernel_row_by_row(dtype, dense_dtype):
+@pytest.mark.parametrize("dtype, prefill_dtype", [(torch.bfloat16, torch.bfloat16), (torch.float32, torch.bfloat16),
+                                                  (torch.float32, torch.int8), (torch.bfloat16, torch.int8),
+                                                  (torch.float32, None)])  # None: the kernel at any length
+def test_int8_prefill_matches_the_kernel_row_by_row(dtype, prefill_dtype):
     torch.manual_seed(0)
-    linear = nn.Linear(256, 48)
+    linear = nn.Linear(1100, 48)
     int8 = Int8WeightOnlyLinear(linear, dtype)
-    int8.dense_dtype = dense_dtype  # what the CPU's bf16 probe decides, both ways on any machine
-    prompt = torch.randn(2, DENSE_PREFILL_ROWS, 256)  # 2 x 96 rows: a prefill
+    int8.prefill_dtype = prefill_dtype  # what the CPU probe decides, every way on any machine
+    prompt = torch.randn(2, DENSE_PREFILL_ROWS, 1100)  # 2 x 96 rows: a prefill
+    untouched = prompt.clone()
     dense = int8(prompt)
+    assert torch.equal(prompt, untouched)
     one_row_at_a_time = torch.stack([torch.cat([int8(row[None]) for row in sequence]) for sequence in prompt])
     assert dense.shape == (2, DENSE_PREFILL_ROWS, 48)
     torch.testing.assert_close(dense, one_row_at_a_time, atol=0.05, rtol=0.02)
     expected = prompt @ int8.dequantized_weight().T + linear.bias
     torch.testing.assert_close(dense, expected, atol=0.05, rtol=0.02)
+
+
+def test_integer_prefill_multiplies_outlier_features_in_float():
+    """A few input channels 50x the rest (as LLM activations have) must not flatten the other inputs of
+    their rows: with one int8 scale per row they would, and the error would be ~4x the kernel's."""
+    torch.manual_seed(0)
+    int8 = Int8WeightOnlyLinear(nn.Linear(1024, 256, bias=False), torch.float32)
+    prompt = torch.randn(DENSE_PREFILL_ROWS, 1024)
+    prompt[:, [3, 500, 900]] *= 50
+    exact = prompt @ int8.dequantized_weight().T
+
+    def error(path):
+        int8.prefill_dtype = path
+        return ((int8(prompt) - exact).norm() / exact.norm()).item()
+
+    assert error(torch.int8) <= error(None)  # None: the kernel, which rounds per block of 128 inputs
 
 
 def test_model_directory_preferences_fill_in_auto(reference, tmp_path):
@@ -330,27 +349,45 @@ def test_bf16_probe_runs_once_per_machine(monkeypatch, tmp_path):
 
     monkeypatch.setattr(devices, "_matmul_seconds", timed)
     monkeypatch.setattr(devices, "_decode_seconds", timed)
-    devices._cpu_bf16_probe.cache_clear()
+    devices._cpu_probe.cache_clear()
     try:
         assert devices.cpu_bf16_is_faster() is True
-        assert len(calls) == 5 * devices.PROBE_ROUNDS  # fp32: 2 products; bf16: 3; in each round
+        assert len(calls) == 7 * devices.PROBE_ROUNDS  # fp32: 3 products; bf16: 3; int8: 1; in each round
         assert (tmp_path / devices.PROBE_FILE).is_file()
-        devices._cpu_bf16_probe.cache_clear()  # a new process: the answer comes from the file
-        assert devices.cpu_bf16_is_faster() is True and len(calls) == 5 * devices.PROBE_ROUNDS
+        devices._cpu_probe.cache_clear()  # a new process: the answer comes from the file
+        assert devices.cpu_bf16_is_faster() is True and len(calls) == 7 * devices.PROBE_ROUNDS
     finally:
-        devices._cpu_bf16_probe.cache_clear()
+        devices._cpu_probe.cache_clear()
 
 
 def test_bf16_slower_at_decode_keeps_float32_but_still_prefills_quantised_layers_in_bf16(monkeypatch, tmp_path):
     monkeypatch.setenv("OMNIPHI_CACHE", str(tmp_path))
     monkeypatch.setattr(devices, "_matmul_seconds", lambda dtype, **_: 1.0 if dtype == torch.float32 else 0.3)
     monkeypatch.setattr(devices, "_decode_seconds", lambda dtype, **_: 1.0 if dtype == torch.float32 else 1.6)
-    devices._cpu_bf16_probe.cache_clear()
+    devices._cpu_probe.cache_clear()
     try:
         assert devices.cpu_bf16_is_faster() is False
         assert devices.cpu_bf16_matmul_is_faster() is True  # the AVX-512-bf16 EPYC's case
     finally:
-        devices._cpu_bf16_probe.cache_clear()
+        devices._cpu_probe.cache_clear()
+
+
+@pytest.mark.parametrize("int8_s, bf16_s, expected", [
+    (0.3, 1.0, torch.int8),  # VNNI without bf16 hardware (this Xeon's case)
+    (0.6, 0.5, torch.bfloat16),  # int8 no better than the kernel, bf16 clearly faster than float32
+    (0.2, 0.5, torch.int8), (0.45, 0.3, torch.bfloat16),  # both beat the kernel: the faster one
+    (0.7, 1.0, None)])  # neither: the kernel at any length
+def test_int8_layers_prefill_the_way_the_cpu_probe_times_fastest(monkeypatch, tmp_path, int8_s, bf16_s, expected):
+    monkeypatch.setenv("OMNIPHI_CACHE", str(tmp_path))
+    seconds = {torch.float32: 1.0, torch.bfloat16: bf16_s, torch.int8: int8_s}
+    monkeypatch.setattr(devices, "_matmul_seconds", lambda dtype, **_: seconds[dtype])
+    monkeypatch.setattr(devices, "_decode_seconds", lambda dtype, **_: 1.0)
+    devices._cpu_probe.cache_clear()
+    try:
+        assert quantize.prefill_dtype_on_this_cpu() == expected
+        assert Int8WeightOnlyLinear(nn.Linear(128, 8), torch.float32).prefill_dtype == expected
+    finally:
+        devices._cpu_probe.cache_clear()
 
 
 def test_bf16_decode_counts_the_faster_of_linear_and_mv(monkeypatch, tmp_path):
@@ -358,12 +395,12 @@ def test_bf16_decode_counts_the_faster_of_linear_and_mv(monkeypatch, tmp_path):
     monkeypatch.setattr(devices, "_matmul_seconds", lambda dtype, **_: 1.0 if dtype == torch.float32 else 0.3)
     monkeypatch.setattr(devices, "_decode_seconds",  # bf16 linear slower than float32, bf16 mv faster
                         lambda dtype, as_mv=False: 1.0 if dtype == torch.float32 else (0.6 if as_mv else 1.2))
-    devices._cpu_bf16_probe.cache_clear()
+    devices._cpu_probe.cache_clear()
     try:
         assert devices.cpu_bf16_mv_is_faster() is True
         assert devices.cpu_bf16_is_faster() is True  # fast_ops runs the mv form there
     finally:
-        devices._cpu_bf16_probe.cache_clear()
+        devices._cpu_probe.cache_clear()
 
 
 def test_missing_weights_is_a_user_error():
@@ -390,8 +427,8 @@ def test_bf16_probe_keeps_each_products_best_round(monkeypatch, tmp_path):
 
     monkeypatch.setattr(devices, "_matmul_seconds", timed)
     monkeypatch.setattr(devices, "_decode_seconds", timed)
-    devices._cpu_bf16_probe.cache_clear()
+    devices._cpu_probe.cache_clear()
     try:
         assert devices.cpu_bf16_is_faster() is True
     finally:
-        devices._cpu_bf16_probe.cache_clear()
+        devices._cpu_probe.cache_clear()
