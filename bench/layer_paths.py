@@ -3,7 +3,7 @@ on Phi-2's largest Linear (10240 x 2560), in one run:
 
 - an int8 layer (omniphi.runtime.quantize) given a prefill's rows, in float32 and bfloat16: its
   weight-only kernel (ONNX Runtime's MatMulNBits on the CPU) against the two prompt paths, integer
-  products (int8 activations per row and block × the int8 codes, torch._int_mm) and bf16 dense (the
+  products (int8 activations, one scale per row, × the int8 codes, torch._int_mm) and bf16 dense (the
   int8 weight copied into a bf16 scratch matrix, one bf16 matmul, scaled), and which one the CPU probe
   picked; the int4 kernel, which prefills through MatMulNBits whatever the rows, beside a float32 Linear for scale;
 - a bf16 layer (omniphi.runtime.fast_ops.FewRowLinear) given a decode step's rows: `F.linear` against

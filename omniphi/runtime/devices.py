@@ -5,8 +5,8 @@ things an answer does: a prompt-sized matmul (prefill, the encoders) and a batch
 product over 128 MB of float32 weights, more than most CPUs' caches hold (decode; in bf16 through
 `linear` and as `mv`, whichever is faster: fast_ops runs that one). CPUs with AMX run both faster in
 bf16; others emulate it, and some (measured: an AVX-512-bf16 EPYC) run the matmul faster but decode
-slower. The probe takes a fraction of a second and its timings are cached per CPU and torch version
-in $OMNIPHI_CACHE/cpu_probe.json, so it runs once per machine; the other questions asked of it
+slower. The probe takes seconds at most (longest where bf16 is emulated); its timings are cached per
+CPU and torch version in $OMNIPHI_CACHE/cpu_probe.json, so it runs once per machine; the other questions asked of it
 (how a quantised layer prefills: it also times an int8 matmul; which form a bf16 decode product
 takes) are answered from them.
 """
@@ -70,7 +70,8 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
 def cpu_bf16_is_faster() -> bool:
     """True when bf16 beats float32 on this CPU at both a prompt-sized matmul and a decode product (the
     faster of its two forms, the one fast_ops runs)."""
-    fp32, bf16 = _cpu_probe()["fp32"], _cpu_probe()["bf16"]
+    probe = _cpu_probe()
+    fp32, bf16 = probe["fp32"], probe["bf16"]
     return cpu_bf16_matmul_is_faster() and _clearly_faster(min(bf16["decode"], bf16["decode_mv"]),
                                                            fp32["decode"])
 
