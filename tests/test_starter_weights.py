@@ -43,10 +43,11 @@ def ask(assistant, question: dict, by: str, picture_first: bool = True) -> str:
     return assistant.complete([{"role": "user", "content": content}], GREEDY, audio_mode=mode).text
 
 
-# Measured on these 24 questions when the weights were committed: 21 right typed, 20 spoken into the
-# LLM (native), 20 transcribed by Whisper (see the README for the whole test split). The floors leave
-# two answers of margin for arithmetic differences between machines; the untrained starter gets none.
-@pytest.mark.parametrize("by, at_least", [("text", 19 / 24), ("native", 18 / 24), ("transcribe", 18 / 24)])
+# Measured on these 24 questions when the weights were committed: 22 right typed, 21 spoken into the
+# LLM (native), 21 transcribed by Whisper, with either part order (see the README for the whole test
+# split). The floors leave two answers of margin for arithmetic differences between machines; the
+# untrained starter gets none.
+@pytest.mark.parametrize("by, at_least", [("text", 20 / 24), ("native", 19 / 24), ("transcribe", 19 / 24)])
 def test_held_out_shapes_questions(starter_assistant, by, at_least):
     questions = FIXTURE["questions"]
     answers = [ask(starter_assistant, q, by) for q in questions]
@@ -92,10 +93,7 @@ def test_served_starter_says_what_colour_the_circle_is(served, by):
     assert answer_matches(answer, circle["answer"]), answer
 
 
-# Issue #14's behaviours. The committed weights are the flite-only, picture-first build (served images first), which fails
-# them (measured in the README); the build trained for #14 passed some and lost shapes accuracy, so it was not
-# installed. strict: once weights that pass are committed, these report XPASS as failures until the marker goes.
-NOT_YET_TRAINED = pytest.mark.xfail(strict=True, reason="issue #14: the committed starter predates this behaviour")
+# Issue #14's behaviours: what the first committed build (flite voices, pictures first only) got wrong.
 
 
 @pytest.mark.parametrize("by", ["text", "native"])
@@ -109,7 +107,6 @@ def test_the_question_before_the_picture_is_answered_as_well(starter_assistant, 
     assert before >= after - 3, f"{before}/24 right with the question first, {after}/24 with the picture first"
 
 
-@NOT_YET_TRAINED
 def test_a_follow_up_that_needs_the_previous_turn(starter_assistant):
     """Issue #14: "And of Germany?" after the capital of France was answered "Germany."."""
     conversation = [{"role": "user", "content": "What is the capital of France?"}]
@@ -119,7 +116,6 @@ def test_a_follow_up_that_needs_the_previous_turn(starter_assistant):
     assert "berlin" in second.lower(), (first, second)
 
 
-@NOT_YET_TRAINED
 def test_a_spoken_general_question_is_answered_natively(starter_assistant):
     """Spoken "What is the capital of France?" in the default native mode (it said "Yes.")."""
     audio = load_audio(FIXTURES / "speech" / "capital.wav")
@@ -128,7 +124,6 @@ def test_a_spoken_general_question_is_answered_natively(starter_assistant):
     assert "paris" in reply.text.lower(), reply.text
 
 
-@NOT_YET_TRAINED
 @pytest.mark.parametrize("photo", ["astronaut", "coffee"])
 def test_a_photo_outside_the_shapes_world_gets_the_honest_sentence(starter_assistant, photo):
     """Held-out scikit-image photos (never trained on): the model says what it was trained on."""

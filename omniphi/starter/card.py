@@ -35,8 +35,9 @@ def write_starter_card(out: str | Path, picture: str | Path, circle_colour: str,
         "summary": ("A small offline model (SmolLM2-135M-Instruct, a small vision tower and Whisper tiny.en). "
                     "It answers questions about pictures of coloured shapes (colours, shapes, positions, "
                     "counts), typed or spoken, and short general questions."),
-        "limits": ("It was trained only on pictures of coloured shapes: what it says about any other picture "
-                   "means nothing. Its general knowledge is that of a very small model."),
+        "limits": ("It was trained only on pictures of coloured shapes: shown another picture it should say so, "
+                   "and anything else it says about one means nothing. Its general knowledge is that of a very "
+                   "small model."),
         "suggestions": [
             {"title": "Ask about a picture", "detail": f"Where is the {circle_colour} circle?",
              "prompt": f"Where is the {circle_colour} circle?", "image": picture_name},
