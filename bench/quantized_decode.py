@@ -244,9 +244,9 @@ def main() -> None:
         elif "error" in row:
             print(f"{name:52s} failed: {row['error']}")
         else:
+            versus = f"{row['vs_fp32']:.2f}x fp32" if row["vs_fp32"] else "(no fp32 row)"  # --only without fp32
             print(f"{name:52s} {row['tok_s']:8.1f} tok/s  bound {row['bound_tok_s']:8.1f}  "
-                  f"{row['of_bound']:.2f} of bound  {row['vs_fp32'] or 0:.2f}x fp32  ({row['weight_mib']:.0f} MiB)",
-                  flush=True)
+                  f"{row['of_bound']:.2f} of bound  {versus}  ({row['weight_mib']:.0f} MiB)", flush=True)
     if not args.json:
         print(f"read bandwidth {bandwidth / 1e9:.1f} GB/s, {args.layers} Phi-2 layers' Linears, "
               f"{torch.get_num_threads()} threads")
