@@ -64,7 +64,7 @@ def main() -> None:
               + ", ".join(f"{name} {ms:.1f} ms ({times['kernel'] / ms:.2f}x the kernel)" for name, ms in times.items())
               + f"; omniphi runs {used} here (the probe's choice from {chosen} rows)")
     full = nn.Linear(IN_FEATURES, OUT_FEATURES, bias=False)
-    int4 = quantize.Int4WeightOnlyLinear(full, quantize.NBITS_BLOCK)
+    int4 = quantize.Int4WeightOnlyLinear(full, quantize.INT4_BLOCK)
     prompt = torch.randn(args.prefill_rows, IN_FEATURES)
     print(f"int4, {args.prefill_rows} rows: kernel {best_ms(lambda: int4(prompt)):.1f} ms, "
           f"a float32 Linear {best_ms(lambda: full(prompt)):.1f} ms")

@@ -10,8 +10,8 @@ more slowly than memory delivers on a few cores, and bitsandbytes' CPU kernels a
 (README, "Devices and weight formats", measured by bench/quantized_decode.py). On CUDA (untested here: no GPU) torch's kernels run.
 
 Formats: int8 is symmetric with one scale per output row; int4 is asymmetric in groups along the input
-(on the CPU: blocks of 128 with an integer zero point, MatMulNBits' convention; on CUDA: torch's
-tinygemm layout). Memory: a CPU layer keeps its codes (shared with its session, which reads them in
+(on the CPU: blocks of `INT4_BLOCK` inputs with an integer zero point, MatMulNBits' convention; on CUDA:
+torch's tinygemm layout). Memory: a CPU layer keeps its codes (shared with its session, which reads them in
 place) plus the packed copy ONNX Runtime builds from them, about twice the quantised size.
 
 Layers that read the very same input (a Phi block's q, k, v and fc1; a Llama block's q, k, v, and gate
@@ -50,7 +50,12 @@ QUANTIZATIONS: tuple[str, ...] = ("none", "int8", "int4")
 HEAD_QUANTIZATION: Quantization = "int8"  # the output head's format in every quantised mode (docstring above)
 INT4_GROUP_SIZES = (128, 64, 32)  # CUDA: the first that divides a layer's input size is used
 ACCURACY_LEVEL = 4  # MatMulNBits: activations rounded to int8 per block, integer products (its fast path)
-NBITS_BLOCK = 128  # MatMulNBits' block along the input (inputs padded with zeros to whole blocks)
+NBITS_BLOCK = 128  # MatMulNBits' block along the input for int8 (inputs padded with zeros to whole blocks)
+# int4's block (a float32 scale and a 4-bit zero per block). Blocks of 32 would keep more: on the
+# starter's 576-wide layers they lose 4.1 points of shapes accuracy where blocks of 128 lose 16.7, but they
+# hold 5.1 bits per weight against 4.3, and Phi-2-sized layers decoded 15-35 % slower with them
+# (bench/quantized_decode.py; README, "Devices and weight formats"). int4 is meant for large models.
+INT4_BLOCK = 128
 # From this many rows (a prompt's prefill, not a decode step) an int8 layer leaves the weight-only kernel,
 # whose time grows with every row, for one large product: on CUDA a dense matmul in the model's dtype; on
 # a CPU the fastest the probe found (`prefill_dtype_on_this_cpu`): integer products (`torch._int_mm`,
@@ -183,8 +188,8 @@ def cores_left_to_kernels():
         torch.set_num_threads(threads)
 
 
-def _blocks(in_features: int) -> int:
-    return -(-in_features // NBITS_BLOCK)
+def _blocks(in_features: int, block: int = NBITS_BLOCK) -> int:
+    return -(-in_features // block)
 
 
 class Int8WeightOnlyLinear(nn.Module):
@@ -279,10 +284,10 @@ class Int8WeightOnlyLinear(nn.Module):
 
 
 class Int4WeightOnlyLinear(nn.Module):
-    """4-bit asymmetric weights in groups along the input. On the CPU: MatMulNBits' blocks of 128,
+    """4-bit asymmetric weights in groups along the input. On the CPU: MatMulNBits' blocks of `INT4_BLOCK`,
     w ≈ (q − zero) · scale with q and an integer zero in 0..15; on CUDA: torch's tinygemm convention,
     w ≈ (q − 8) · scale + zero, in groups of `group_size`, activations in bf16 (`group_size` is CUDA's
-    only: the CPU's blocks are always `NBITS_BLOCK`, the size MatMulNBits' fast kernels are built for)."""
+    only: the CPU's blocks are always `INT4_BLOCK`)."""
 
     def __init__(self, linear: nn.Linear, group_size: int):
         super().__init__()
@@ -290,7 +295,7 @@ class Int4WeightOnlyLinear(nn.Module):
         weight = linear.weight.detach().float()
         self.kernel = None
         if weight.device.type == "cpu":
-            self.group_size = NBITS_BLOCK
+            self.group_size = INT4_BLOCK
             self._init_nbits(weight)
         else:
             self.group_size = group_size
@@ -299,10 +304,10 @@ class Int4WeightOnlyLinear(nn.Module):
                                                                   requires_grad=False)
 
     def _init_nbits(self, weight: torch.Tensor) -> None:
-        blocks = _blocks(self.in_features)
-        padded = torch.zeros(self.out_features, blocks * NBITS_BLOCK)
+        blocks = _blocks(self.in_features, INT4_BLOCK)
+        padded = torch.zeros(self.out_features, blocks * INT4_BLOCK)
         padded[:, :self.in_features] = weight
-        groups = padded.view(self.out_features, blocks, NBITS_BLOCK)
+        groups = padded.view(self.out_features, blocks, INT4_BLOCK)
         low = groups.amin(dim=2).clamp(max=0)  # 0 is representable: the padding of a ragged block adds nothing
         high = groups.amax(dim=2).clamp(min=0)
         scale = (high - low).clamp(min=1e-8) / 15
@@ -317,7 +322,7 @@ class Int4WeightOnlyLinear(nn.Module):
         self.register_buffer("zero_points", (zero_codes[:, 0::2] | (zero_codes[:, 1::2] << 4)).contiguous())
         self.kernel = NBitsKernel(self.weight_int4.numpy(), self.scales.numpy(), self.zero_points.numpy(),
                                   in_features=self.in_features, out_features=self.out_features, bits=4,
-                                  block_size=NBITS_BLOCK)
+                                  block_size=INT4_BLOCK)
 
     def _init_tinygemm(self, weight: torch.Tensor) -> None:
         q, scales_and_zeros = tinygemm_int4(weight, self.group_size)

@@ -13,7 +13,7 @@ from omniphi import bench, presets, runtime
 from omniphi.errors import DeviceError, UserError, is_user_error
 from omniphi.runtime import devices, loading, trained
 from omniphi.runtime import quantize
-from omniphi.runtime.quantize import (DENSE_PREFILL_ROWS, NBITS_BLOCK, Int4WeightOnlyLinear, Int8WeightOnlyLinear,
+from omniphi.runtime.quantize import (DENSE_PREFILL_ROWS, INT4_BLOCK, Int4WeightOnlyLinear, Int8WeightOnlyLinear,
                                       NBitsKernel, ProjectionSlice, SharedInputProjections, cores_left_to_kernels,
                                       decoder_linears, quantize_language_model_, runs_cpu_kernels,
                                       shared_input_groups, tinygemm_int4)
@@ -192,17 +192,18 @@ def test_quantized_layers_compute_with_their_stored_weights():
     assert torch.cosine_similarity(int4(x).flatten(), linear(x).flatten(), dim=0) > 0.99
 
 
-@pytest.mark.parametrize("in_features", [256, 300])  # 300: a ragged last block, an odd number of blocks
+# the second: a ragged last block, an odd number of blocks (the zero points pack two blocks per byte)
+@pytest.mark.parametrize("in_features", [8 * INT4_BLOCK, 2 * INT4_BLOCK + INT4_BLOCK // 2])
 def test_cpu_int4_layer_computes_with_the_weights_it_encodes(in_features):
     torch.manual_seed(0)
     linear = nn.Linear(in_features, 48)
     int4 = Int4WeightOnlyLinear(linear, group_size=64)
     weight = int4.dequantized_weight()
-    # each weight within half a step of its block's grid (blocks of NBITS_BLOCK inputs)
-    for start in range(0, in_features, NBITS_BLOCK):
-        block = linear.weight[:, start:start + NBITS_BLOCK]
+    # each weight within half a step of its block's grid (blocks of INT4_BLOCK inputs)
+    for start in range(0, in_features, INT4_BLOCK):
+        block = linear.weight[:, start:start + INT4_BLOCK]
         step = (block.amax(dim=1).clamp(min=0) - block.amin(dim=1).clamp(max=0)) / 15
-        assert ((weight[:, start:start + NBITS_BLOCK] - block).abs() <= step[:, None] / 2 + 1e-6).all()
+        assert ((weight[:, start:start + INT4_BLOCK] - block).abs() <= step[:, None] / 2 + 1e-6).all()
     x = torch.randn(5, in_features)
     expected = x @ weight.T + linear.bias
     # the kernel rounds the activations to int8 per block: about 1 % of the output's scale
