@@ -11,7 +11,8 @@ import numpy as np
 import torch
 import pytest
 
-from omniphi.asr import SAMPLING_RATE, SuppressTokens, Transcriber, split_windows
+from omniphi.asr import (BEAMS, COMPRESSION_RATIO_LIMIT, SAMPLING_RATE, TOKEN_BUDGET_MIN, TOKENS_PER_SECOND,
+                         SuppressTokens, Transcriber, compression_ratio, split_windows)
 
 SR = SAMPLING_RATE
 SPEECH = Path(__file__).parent / "fixtures" / "speech"
@@ -61,6 +62,12 @@ def test_split_windows_cuts_in_the_pause_not_in_a_word_gap():
     _assert_tiles(w, len(audio))
     cut = w[0][1] / SR
     assert 26.1 < cut < 26.5, cut  # inside the pause, away from its edges
+
+
+def test_compression_ratio_tells_a_repetition_loop_from_a_sentence():
+    assert compression_ratio(FOX) < COMPRESSION_RATIO_LIMIT
+    assert compression_ratio("It's been a long time, " * 30) > COMPRESSION_RATIO_LIMIT
+    assert compression_ratio("") == 0
 
 
 # --------------------------------------------------------------------------- transcription (slow)
@@ -171,3 +178,33 @@ def test_suppress_tokens_bans_begin_tokens_only_at_the_first_step():
     later = bans(torch.zeros(1, 3, dtype=torch.long), torch.zeros(1, 8))
     assert torch.isinf(first[0]).nonzero().flatten().tolist() == [1, 2, 5]
     assert torch.isinf(later[0]).nonzero().flatten().tolist() == [1, 5]
+
+
+@pytest.mark.slow
+def test_a_sentence_is_decoded_once_by_beam_search_within_its_token_budget(transcriber, load_audio, monkeypatch):
+    audio = load_audio(SPEECH / "capital.wav")
+    calls = []
+    generate = transcriber.model.generate
+
+    def spy(*args, **kwargs):
+        calls.append((kwargs["num_beams"], kwargs["max_new_tokens"]))
+        return generate(*args, **kwargs)
+
+    monkeypatch.setattr(transcriber.model, "generate", spy)
+    assert norm(transcriber.transcribe(audio)) == norm(CAPITAL)
+    seconds = len(audio) / SR
+    assert calls == [(BEAMS, TOKEN_BUDGET_MIN + int(np.ceil(seconds * TOKENS_PER_SECOND)))]
+    assert calls[0][1] < 448 / 4  # far below Whisper's own limit for a 2 s clip
+
+
+@pytest.mark.slow
+def test_a_beam_search_stuck_in_a_loop_is_decoded_again_greedily(transcriber, load_audio, monkeypatch):
+    decode, beams_asked = transcriber._decode, []
+
+    def looping_beams(feats, beams, max_new_tokens):
+        beams_asked.append(beams)
+        return "It's been a long time, " * 30 if beams > 1 else decode(feats, beams, max_new_tokens)
+
+    monkeypatch.setattr(transcriber, "_decode", looping_beams)
+    assert norm(transcriber.transcribe(load_audio(SPEECH / "capital.wav"))) == norm(CAPITAL)
+    assert beams_asked == [BEAMS, 1]
