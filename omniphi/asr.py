@@ -90,9 +90,8 @@ class SuppressTokens(LogitsProcessor):
         return scores.masked_fill(mask[: scores.shape[-1]].to(scores.device), -float("inf"))
 
 
-# Beam search, as Whisper's reference `transcribe` command decodes: on 300 of the starter's spoken
-# test questions (espeak-ng, flite and degraded audio) tiny.en's WER fell from 18.1 % greedy to 15.3 %,
-# for 1.7x the decoding time (README, "The starter model").
+# Beam search, as Whisper's reference `transcribe` command decodes: fewer word errors than greedy on hard
+# audio for ~1.7x the decoding time (README, "The starter model"; bench/whisper_decoding.py).
 BEAMS = 5
 # Whisper's own test for a decoding stuck in a loop ("it's been a long time, it's been a long time, …",
 # which beam search produced for one 2 s question of 900): text that zlib compresses more than this.
@@ -172,11 +171,14 @@ class Transcriber:
             text = min((text, self._decode(feats, 1, budget)), key=compression_ratio)
         return text
 
-    def _decode(self, feats: torch.Tensor, beams: int, max_new_tokens: int) -> str:
-        # The generation config supplies the prompt (<|startoftranscript|>, and <|notimestamps|>).
+    def _decode(self, feats: torch.Tensor, beams: int, max_tokens: int) -> str:
+        # The generation config supplies the prompt (<|startoftranscript|>, and <|notimestamps|>); the
+        # budget goes in as its max_length (which counts those few prompt tokens too), all settings in
+        # one config, as transformers asks (arguments beside a config print a warning at every call).
+        config = copy.deepcopy(self._generation_config)
+        config.update(num_beams=beams, max_length=max_tokens)
         bans = SuppressTokens(*self._suppress, vocab_size=self.model.config.vocab_size)
-        ids = self.model.generate(input_features=feats, generation_config=self._generation_config,
-                                  logits_processor=[bans], num_beams=beams, max_new_tokens=max_new_tokens)
+        ids = self.model.generate(input_features=feats, generation_config=config, logits_processor=[bans])
         return self.processor.tokenizer.decode(ids[0], skip_special_tokens=True).strip()
 
     def transcribe(self, audio: np.ndarray, sampling_rate: int = SAMPLING_RATE) -> str:

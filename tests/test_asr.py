@@ -187,7 +187,7 @@ def test_a_sentence_is_decoded_once_by_beam_search_within_its_token_budget(trans
     generate = transcriber.model.generate
 
     def spy(*args, **kwargs):
-        calls.append((kwargs["num_beams"], kwargs["max_new_tokens"]))
+        calls.append((kwargs["generation_config"].num_beams, kwargs["generation_config"].max_length))
         return generate(*args, **kwargs)
 
     monkeypatch.setattr(transcriber.model, "generate", spy)
@@ -201,9 +201,9 @@ def test_a_sentence_is_decoded_once_by_beam_search_within_its_token_budget(trans
 def test_a_beam_search_stuck_in_a_loop_is_decoded_again_greedily(transcriber, load_audio, monkeypatch):
     decode, beams_asked = transcriber._decode, []
 
-    def looping_beams(feats, beams, max_new_tokens):
+    def looping_beams(feats, beams, max_tokens):
         beams_asked.append(beams)
-        return "It's been a long time, " * 30 if beams > 1 else decode(feats, beams, max_new_tokens)
+        return "It's been a long time, " * 30 if beams > 1 else decode(feats, beams, max_tokens)
 
     monkeypatch.setattr(transcriber, "_decode", looping_beams)
     assert norm(transcriber.transcribe(load_audio(SPEECH / "capital.wav"))) == norm(CAPITAL)
