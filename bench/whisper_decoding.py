@@ -30,15 +30,13 @@ def main() -> None:
     clips = [load_audio(args.data / r["audio"]) for r in records]
     references = [r["spoken_text"] for r in records]
     transcriber = asr.Transcriber.starter()
-    beams = asr.BEAMS
-    for name, beam_count in (("greedy", 1), (f"beam search ({beams} beams)", beams)):
-        asr.BEAMS = beam_count  # read at every window
+    for name, beams in (("greedy", 1), (f"beam search ({asr.BEAMS} beams)", asr.BEAMS)):
+        transcriber.beams = beams
         start = time.perf_counter()
         transcripts = [transcriber.transcribe(clip) for clip in clips]
         seconds = time.perf_counter() - start
         print(f"{name:24s} WER {100 * corpus_wer(zip(references, transcripts)):5.1f} %  "
               f"{seconds:6.1f} s for {len(clips)} clips", flush=True)
-    asr.BEAMS = beams
 
 
 if __name__ == "__main__":

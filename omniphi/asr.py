@@ -124,11 +124,12 @@ class Transcriber:
         self.processor = processor
         self.silence_peak = silence_peak
         self.sampling_rate = int(processor.feature_extractor.sampling_rate)
+        self.beams = BEAMS  # 1: greedy (bench/whisper_decoding.py compares the two)
         # No sampling, explicitly, so a config that samples cannot change transcripts; the token bans move
         # into SuppressTokens (see there why).
         self._generation_config = copy.deepcopy(model.generation_config)
         self._suppress = (self._generation_config.suppress_tokens, self._generation_config.begin_suppress_tokens)
-        self._generation_config.update(do_sample=False, num_beams=BEAMS, suppress_tokens=[], begin_suppress_tokens=[])
+        self._generation_config.update(do_sample=False, suppress_tokens=[], begin_suppress_tokens=[])
 
     @classmethod
     def starter(cls, dtype: torch.dtype = torch.float32) -> "Transcriber":
@@ -166,7 +167,7 @@ class Transcriber:
         feats = feats.to(device=self.model.device, dtype=self.model.dtype)
         # a 30 s window: 256 tokens, within Whisper's 448 with its prompt
         budget = TOKEN_BUDGET_MIN + math.ceil(len(chunk) / self.sampling_rate * TOKENS_PER_SECOND)
-        text = self._decode(feats, BEAMS, budget)
+        text = self._decode(feats, self.beams, budget)
         if compression_ratio(text) > COMPRESSION_RATIO_LIMIT:
             text = min((text, self._decode(feats, 1, budget)), key=compression_ratio)
         return text
