@@ -53,7 +53,10 @@ def make_png(path: Path, size=(320, 220), seed: int = 0) -> Path:
 def open_app(page: Page, server: Server, fragment: str = "") -> None:
     page.goto(server.url + fragment)
     expect(page.get_by_test_id("composer-input")).to_be_visible()
-    page.wait_for_function("window.omniphiReady === true")
+    # A predicate written as a function, not a bare expression: Playwright re-evaluates a bare
+    # expression with eval() on every animation frame after the first, which the page's CSP
+    # (script-src 'self') refuses, so a condition not yet true on the first try would error.
+    page.wait_for_function("() => window.omniphiReady === true")
 
 
 def mark_answers(page: Page) -> None:
@@ -582,8 +585,7 @@ def test_dark_theme_and_phone(browser, server: Server, shot, tmp_path):
     page.get_by_test_id("settings-save").click()
     expect(page.locator("html")).to_have_attribute("data-theme", "dark")
     # the dark colours can reach the computed style a frame after the attribute (Chromium 156.0.8078.114)
-    page.wait_for_function("getComputedStyle(document.body).backgroundColor !== 'rgb(255, 255, 255)'",
-                           timeout=3000)
+    expect(page.locator("body")).not_to_have_css("background-color", "rgb(255, 255, 255)", timeout=3000)
     shot(page, "01-dark-desktop")
     page.reload()
     expect(page.locator("html")).to_have_attribute("data-theme", "dark")

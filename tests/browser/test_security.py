@@ -134,7 +134,7 @@ def test_page_works_under_its_csp(browser, server: Server, tmp_path):
     assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp
     assert response.headers["x-content-type-options"] == "nosniff"
     expect(page.get_by_test_id("composer-input")).to_be_visible()
-    page.wait_for_function("window.omniphiReady === true")
+    page.wait_for_function("() => window.omniphiReady === true")
     send(page, "Hello under the policy")
     answer = wait_for_answer(page)
     assert answer.get_by_test_id("message-markdown").inner_text().strip()
@@ -144,7 +144,7 @@ def test_page_works_under_its_csp(browser, server: Server, tmp_path):
     wait_for_answer(page)
     expect(page.get_by_test_id("message-user").last.get_by_test_id("message-image")).to_be_visible()
     page.reload()
-    page.wait_for_function("window.omniphiReady === true")
+    page.wait_for_function("() => window.omniphiReady === true")
     expect(page.get_by_test_id("message-assistant").last).to_be_visible()
     assert page.evaluate("window.__violations") == []
     assert_no_page_errors(page)
@@ -194,7 +194,7 @@ def test_hostile_markdown_streamed_and_stored_runs_no_script(browser, hostile_se
     assert_nothing_ran(page)
     # Stored: the same answer read back after a reload.
     page.reload()
-    page.wait_for_function("window.omniphiReady === true")
+    page.wait_for_function("() => window.omniphiReady === true")
     expect(page.get_by_test_id("message-assistant").last).to_contain_text("The end.")
     assert_nothing_ran(page)
     # Clicking the would-be javascript: links does nothing either.
@@ -220,7 +220,7 @@ def test_an_answer_that_is_only_html_shows_as_text(browser, hostile_server: Serv
     expect(markdown).to_contain_text("<script>")
     assert_nothing_ran(page)
     page.reload()
-    page.wait_for_function("window.omniphiReady === true")
+    page.wait_for_function("() => window.omniphiReady === true")
     expect(page.get_by_test_id("message-assistant").last.get_by_test_id("message-markdown")).to_contain_text("<script>")
     assert_nothing_ran(page)
     page.context.close()
