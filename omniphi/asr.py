@@ -20,6 +20,9 @@ _SMOOTH_FRAMES = 7  # ±140 ms
 # Peak amplitude below which a window is treated as silence and not decoded at all: Whisper
 # tends to hallucinate ("you", "Thank you.") on silent input. -60 dBFS.
 SILENCE_PEAK = 1e-3
+# Whisper reads a prompt in the first half of its 448-token context; openai-whisper keeps a longer
+# prompt's last 223 tokens, and so does this.
+MAX_PROMPT_TOKENS = 223
 
 
 def split_windows(
@@ -117,12 +120,18 @@ class Transcriber:
 
     Audio over 30 s is split into windows (see ``split_windows``) that are transcribed one after
     the other and joined with spaces; silent windows are skipped.
+
+    ``prompt`` is Whisper's initial prompt (openai-whisper's ``--initial_prompt``, the ``prompt`` of
+    OpenAI's transcription API): text the decoder reads as if it came before each window, so it
+    spells the words it names as the prompt does. A model trained on a small world (the starter)
+    carries the words of that world in its directory (``omniphi.model_card.TRANSCRIPTION_CONFIG_FILE``).
     """
 
-    def __init__(self, model, processor, silence_peak: float = SILENCE_PEAK):
+    def __init__(self, model, processor, silence_peak: float = SILENCE_PEAK, prompt: str | None = None):
         self.model = model.eval()
         self.processor = processor
         self.silence_peak = silence_peak
+        self.prompt = prompt  # None or "": no prompt
         self.sampling_rate = int(processor.feature_extractor.sampling_rate)
         self.beams = BEAMS  # 1: greedy (bench/whisper_decoding.py compares the two)
         # No sampling, explicitly, so a config that samples cannot change transcripts; the token bans move
@@ -159,38 +168,50 @@ class Transcriber:
             raise ValueError("audio contains NaN or infinite samples")
         return audio
 
+    def _prompt_ids(self, prompt: str | None) -> torch.Tensor | None:
+        if not prompt or not prompt.strip():
+            return None
+        ids = self.processor.get_prompt_ids(prompt.strip(), return_tensors="pt")  # <|startofprev|> + the text
+        if len(ids) > MAX_PROMPT_TOKENS + 1:
+            ids = torch.cat([ids[:1], ids[-MAX_PROMPT_TOKENS:]])
+        return ids.to(self.model.device)
+
     @torch.inference_mode()
-    def _transcribe_window(self, chunk: np.ndarray) -> str:
+    def _transcribe_window(self, chunk: np.ndarray, prompt_ids: torch.Tensor | None) -> str:
         feats = self.processor.feature_extractor(
             chunk, sampling_rate=self.sampling_rate, return_tensors="pt"
         ).input_features
         feats = feats.to(device=self.model.device, dtype=self.model.dtype)
-        # a 30 s window: 256 tokens, within Whisper's 448 with its prompt
+        # a 30 s window: 256 tokens, within Whisper's 448 with its start tokens and a longest prompt
         budget = TOKEN_BUDGET_MIN + math.ceil(len(chunk) / self.sampling_rate * TOKENS_PER_SECOND)
-        text = self._decode(feats, self.beams, budget)
+        text = self._decode(feats, self.beams, budget, prompt_ids)
         if compression_ratio(text) > COMPRESSION_RATIO_LIMIT:
-            text = min((text, self._decode(feats, 1, budget)), key=compression_ratio)
+            text = min((text, self._decode(feats, 1, budget, prompt_ids)), key=compression_ratio)
         return text
 
-    def _decode(self, feats: torch.Tensor, beams: int, max_tokens: int) -> str:
-        # The generation config supplies the prompt (<|startoftranscript|>, and <|notimestamps|>); the
-        # budget goes in as its max_length (which counts those few prompt tokens too), all settings in
-        # one config, as transformers asks (arguments beside a config print a warning at every call).
+    def _decode(self, feats: torch.Tensor, beams: int, max_tokens: int, prompt_ids: torch.Tensor | None) -> str:
+        # The generation config supplies the start tokens (<|startoftranscript|>, and <|notimestamps|>);
+        # the budget goes in as its max_length (which counts those few tokens too; transformers adds a
+        # prompt's length to it), all settings in one config, as transformers asks (arguments beside a
+        # config print a warning at every call). The returned ids hold no prompt.
         config = copy.deepcopy(self._generation_config)
         config.update(num_beams=beams, max_length=max_tokens)
         bans = SuppressTokens(*self._suppress, vocab_size=self.model.config.vocab_size)
-        ids = self.model.generate(input_features=feats, generation_config=config, logits_processor=[bans])
+        extra = {} if prompt_ids is None else {"prompt_ids": prompt_ids}
+        ids = self.model.generate(input_features=feats, generation_config=config, logits_processor=[bans], **extra)
         return self.processor.tokenizer.decode(ids[0], skip_special_tokens=True).strip()
 
-    def transcribe(self, audio: np.ndarray, sampling_rate: int = SAMPLING_RATE) -> str:
-        """Text of ``audio`` (float32, mono, 16 kHz); "" for empty or silent input."""
+    def transcribe(self, audio: np.ndarray, sampling_rate: int = SAMPLING_RATE, *, prompt: str | None = None) -> str:
+        """Text of ``audio`` (float32, mono, 16 kHz); "" for empty or silent input. ``prompt``
+        replaces the transcriber's own for this call ("" for none)."""
         audio = self._check(audio, sampling_rate)
+        prompt_ids = self._prompt_ids(self.prompt if prompt is None else prompt)
         parts = []
         for start, end in self.windows(audio):
             chunk = audio[start:end]
             if chunk.size == 0 or float(np.abs(chunk).max()) < self.silence_peak:
                 continue
-            text = self._transcribe_window(chunk)
+            text = self._transcribe_window(chunk, prompt_ids)
             if text:
                 parts.append(text)
         return " ".join(parts)

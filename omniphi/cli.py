@@ -138,13 +138,17 @@ def cmd_transcribe(args) -> int:
     audio = _load_media("audio", args.file)
     if args.model in _PACKAGED_WHISPER_PRESETS:
         from omniphi.asr import Transcriber
+        from omniphi.model_card import read_transcription_prompt
+        from omniphi.weights import STARTER_WEIGHTS_DIR
 
         transcriber = Transcriber.starter()
+        if args.model == "starter":  # the trained starter's prompt (the words of its world)
+            transcriber.prompt = read_transcription_prompt(STARTER_WEIGHTS_DIR)
     else:
         from omniphi.runtime.loading import load_transcriber
 
         transcriber = load_transcriber(args.model)
-    print(transcriber.transcribe(audio))
+    print(transcriber.transcribe(audio, prompt=args.prompt))
     return 0
 
 
@@ -200,6 +204,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     transcribe = sub.add_parser("transcribe", help="print Whisper's transcript of an audio file")
     transcribe.add_argument("file", help="audio file (WAV, MP3, WebM...)")
     transcribe.add_argument("--model", default="starter", help="preset or model directory whose Whisper transcribes")
+    transcribe.add_argument("--prompt", default=None,
+                            help="Whisper's prompt: words to spell as written here (default: the model's own; "
+                                 "'' for none)")
     transcribe.set_defaults(run=cmd_transcribe)
 
     export = sub.add_parser("export-llava", help="export the image–text part for transformers' LlavaForConditionalGeneration")

@@ -8,8 +8,11 @@
   question shipped next to the card). The web page shows it on an empty chat, so a newcomer is
   never invited to ask something the model was not trained for.
 
-Both files are optional: without them a model is greedy and has no card. Training outputs,
-`omniphi merge` and `flatten_trained` carry both files over (`copy_model_files`).
+- `transcription_config.json`, `{"prompt": text}`: Whisper's prompt for this model
+  (`omniphi.asr.Transcriber.prompt`), e.g. the words of the small world a model was trained on.
+
+All files are optional: without them a model is greedy, has no card and transcribes without a
+prompt. Training outputs, `omniphi merge` and `flatten_trained` carry them over (`copy_model_files`).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from omniphi.chat import GenerationSettings
 
 GENERATION_CONFIG_FILE = "generation_config.json"
 MODEL_CARD_FILE = "model_card.json"
+TRANSCRIPTION_CONFIG_FILE = "transcription_config.json"
 CARD_MEDIA_KINDS = ("image", "audio")
 _MAX_SUGGESTIONS = 6
 
@@ -129,13 +133,34 @@ def read_model_card(directory: str | Path) -> ModelCard | None:
     return ModelCard(text(raw, "name", "", True), text(raw, "summary", "", True), text(raw, "limits", ""), suggestions)
 
 
+def read_transcription_prompt(directory: str | Path) -> str | None:
+    """The model's prompt for Whisper (TRANSCRIPTION_CONFIG_FILE); None without that file.
+    Raises ValueError for a file that is not {"prompt": text}."""
+    path = Path(directory) / TRANSCRIPTION_CONFIG_FILE
+    if not path.is_file():
+        return None
+    try:
+        settings = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise ValueError(f"cannot read {path}: {error}") from None
+    prompt = settings.get("prompt") if isinstance(settings, dict) else None
+    if not isinstance(prompt, str):
+        raise ValueError(f"{path} must be a JSON object with a text 'prompt'")
+    return prompt
+
+
+def write_transcription_prompt(directory: str | Path, prompt: str) -> None:
+    (Path(directory) / TRANSCRIPTION_CONFIG_FILE).write_text(json.dumps({"prompt": prompt}, indent=2) + "\n")
+
+
 def copy_model_files(source: str | Path, out: str | Path) -> None:
-    """Carry the generation defaults and the card (with the media it names) from one model
-    directory to another (flatten, merge, install)."""
+    """Carry the generation defaults, Whisper's prompt and the card (with the media it names) from
+    one model directory to another (flatten, merge, install)."""
     source, out = Path(source), Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    if (source / GENERATION_CONFIG_FILE).is_file():
-        shutil.copy(source / GENERATION_CONFIG_FILE, out / GENERATION_CONFIG_FILE)
+    for name in (GENERATION_CONFIG_FILE, TRANSCRIPTION_CONFIG_FILE):
+        if (source / name).is_file():
+            shutil.copy(source / name, out / name)
     card = read_model_card(source)
     if card is None:
         return

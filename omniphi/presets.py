@@ -38,6 +38,7 @@ from omniphi.model_card import ModelCard
 from omniphi.model import OmniForConditionalGeneration
 from omniphi.model.projectors import AudioProjector, VisionProjector
 from omniphi.processing import OmniProcessor
+from omniphi.weights import STARTER_WEIGHTS_DIR
 
 PRESETS = ("starter", "starter-base", "phi2", "tiny", "phi2-random")
 TRANSCRIBER_DIR = "transcriber"  # a model directory keeps Whisper (encoder + decoder) for transcripts here
@@ -187,7 +188,6 @@ STARTER_VISION = CLIPVisionConfig(
     image_size=160, patch_size=32, hidden_size=256, intermediate_size=1024, num_hidden_layers=4,
     num_attention_heads=4, projection_dim=256,
 )
-STARTER_WEIGHTS_DIR = Path(__file__).parent / "starter_weights"
 
 
 def load_starter_base(dtype: torch.dtype = torch.float32) -> LoadedModel:

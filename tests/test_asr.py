@@ -11,8 +11,8 @@ import numpy as np
 import torch
 import pytest
 
-from omniphi.asr import (BEAMS, COMPRESSION_RATIO_LIMIT, SAMPLING_RATE, TOKEN_BUDGET_MIN, TOKENS_PER_SECOND,
-                         SuppressTokens, Transcriber, compression_ratio, split_windows)
+from omniphi.asr import (BEAMS, COMPRESSION_RATIO_LIMIT, MAX_PROMPT_TOKENS, SAMPLING_RATE, TOKEN_BUDGET_MIN,
+                         TOKENS_PER_SECOND, SuppressTokens, Transcriber, compression_ratio, split_windows)
 
 SR = SAMPLING_RATE
 SPEECH = Path(__file__).parent / "fixtures" / "speech"
@@ -201,10 +201,47 @@ def test_a_sentence_is_decoded_once_by_beam_search_within_its_token_budget(trans
 def test_a_beam_search_stuck_in_a_loop_is_decoded_again_greedily(transcriber, load_audio, monkeypatch):
     decode, beams_asked = transcriber._decode, []
 
-    def looping_beams(feats, beams, max_tokens):
+    def looping_beams(feats, beams, max_tokens, prompt_ids):
         beams_asked.append(beams)
-        return "It's been a long time, " * 30 if beams > 1 else decode(feats, beams, max_tokens)
+        return "It's been a long time, " * 30 if beams > 1 else decode(feats, beams, max_tokens, prompt_ids)
 
     monkeypatch.setattr(transcriber, "_decode", looping_beams)
     assert norm(transcriber.transcribe(load_audio(SPEECH / "capital.wav"))) == norm(CAPITAL)
     assert beams_asked == [BEAMS, 1]
+
+
+@pytest.mark.slow
+def test_a_prompt_naming_a_word_makes_whisper_spell_it(transcriber, load_audio):
+    fox = load_audio(SPEECH / "fox.wav")
+    assert "lazy nog" in norm(transcriber.transcribe(fox))  # tiny.en's mishearing, as in the tests above
+    heard = norm(transcriber.transcribe(fox, prompt="Farm animals: dog, cat, cow, horse."))
+    assert "lazy dog" in heard and "farm" not in heard  # the prompt steers the spelling and is not repeated
+
+
+@pytest.mark.slow
+def test_the_transcribers_own_prompt_applies_unless_a_call_gives_another(transcriber, load_audio, monkeypatch):
+    prompts = []
+    generate = transcriber.model.generate
+
+    def spy(*args, **kwargs):
+        ids = kwargs.get("prompt_ids")
+        prompts.append(None if ids is None else transcriber.processor.tokenizer.decode(ids[1:]))  # after <|startofprev|>
+        return generate(*args, **kwargs)
+
+    monkeypatch.setattr(transcriber.model, "generate", spy)
+    monkeypatch.setattr(transcriber, "prompt", "Capitals of Europe: Paris, Berlin.")
+    capital = load_audio(SPEECH / "capital.wav")
+    assert norm(transcriber.transcribe(capital)) == norm(CAPITAL)
+    assert norm(transcriber.transcribe(capital, prompt="Rivers: the Seine.")) == norm(CAPITAL)
+    assert norm(transcriber.transcribe(capital, prompt="")) == norm(CAPITAL)
+    assert [p and p.strip() for p in prompts] == ["Capitals of Europe: Paris, Berlin.", "Rivers: the Seine.", None]
+
+
+@pytest.mark.slow
+def test_a_long_prompt_keeps_its_last_tokens(transcriber):
+    words = " ".join(f"word{i}" for i in range(1000))
+    ids = transcriber._prompt_ids(words)
+    tokenizer = transcriber.processor.tokenizer
+    assert len(ids) == MAX_PROMPT_TOKENS + 1
+    assert ids[0] == tokenizer.convert_tokens_to_ids("<|startofprev|>")
+    assert tokenizer.decode(ids[1:]).strip().endswith("word999")

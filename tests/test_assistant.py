@@ -76,8 +76,9 @@ def test_native_audio_without_transcriber_still_answers(assistant):
 def test_transcribe_mode_puts_the_transcript_in_the_prompt(assistant, monkeypatch):
     class FakeWhisper:
         calls = 0
+        prompt = None
 
-        def transcribe(self, audio):
+        def transcribe(self, audio, prompt=None):
             FakeWhisper.calls += 1
             return "What is the capital of France?"
 
@@ -98,6 +99,22 @@ def test_transcribe_mode_puts_the_transcript_in_the_prompt(assistant, monkeypatc
     assert seen["messages"][-1]["content"] == [{"type": "text", "text": "What is the capital of France?"}]
     list(assistant.stream(conversation, GenerationSettings(max_new_tokens=2), audio_mode="native"))
     assert FakeWhisper.calls == 1  # the transcript is cached by content
+
+
+def test_cached_transcripts_are_kept_apart_by_whisper_prompt(assistant, monkeypatch):
+    class EchoWhisper:
+        prompt = "the model's own words"
+
+        def transcribe(self, audio, prompt=None):
+            return f"heard with {self.prompt if prompt is None else prompt!r}"
+
+    monkeypatch.setattr(assistant, "transcriber", EchoWhisper())
+    assistant._transcripts.clear()
+    clip = tone(1.0)
+    assert assistant.transcribe(clip) == "heard with \"the model's own words\""
+    assert assistant.transcribe(clip, "a caller's words") == "heard with \"a caller's words\""
+    assert assistant.transcribe(clip, "") == "heard with ''"
+    assert assistant.transcribe(clip) == "heard with \"the model's own words\""
 
 
 def test_long_history_is_trimmed_to_the_context(assistant, monkeypatch):

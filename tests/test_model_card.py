@@ -15,6 +15,8 @@ from omniphi.model_card import (
     copy_model_files,
     generation_defaults,
     read_model_card,
+    read_transcription_prompt,
+    write_transcription_prompt,
 )
 from omniphi.presets import STARTER_WEIGHTS_DIR
 
@@ -64,10 +66,20 @@ def test_copy_model_files_carries_the_card_and_its_media(tmp_path):
     (source / "samples").mkdir()
     (source / "samples" / "q.wav").write_bytes(b"RIFF")
     GenerationConfig(do_sample=True, temperature=0.3).save_pretrained(source)
+    write_transcription_prompt(source, "Words: hexagon.")
     copy_model_files(source, tmp_path / "out")
     card = read_model_card(tmp_path / "out")
     assert card.suggestions[0].media["audio"].read_bytes() == b"RIFF"
     assert generation_defaults(GenerationConfig.from_pretrained(tmp_path / "out")).temperature == 0.3
+    assert read_transcription_prompt(tmp_path / "out") == "Words: hexagon."
+
+
+@pytest.mark.parametrize("text", ['{"prompt": ["a"]}', '["a"]', "{not json"])
+def test_a_wrong_transcription_config_is_refused_naming_the_file(tmp_path, text):
+    assert read_transcription_prompt(tmp_path) is None  # no file: no prompt
+    (tmp_path / "transcription_config.json").write_text(text)
+    with pytest.raises(ValueError, match="transcription_config.json"):
+        read_transcription_prompt(tmp_path)
 
 
 def test_the_starter_is_greedy_and_its_card_offers_only_what_it_was_trained_for():

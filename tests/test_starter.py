@@ -37,6 +37,12 @@ def test_native_audio_and_image_paths_run_and_report_the_transcript(starter_assi
     assert reply.completion_tokens >= 1
 
 
+def test_cli_transcribe_takes_a_whisper_prompt():
+    result = omniphi("transcribe", "--prompt", "Farm animals: dog, cat, cow, horse.", str(SPEECH / "fox.wav"))
+    assert result.returncode == 0, result.stderr
+    assert "lazy dog" in result.stdout.lower()  # without the prompt tiny.en hears "lazy nog" (tests/test_asr.py)
+
+
 def test_cli_transcribe_and_ask_with_audio():
     result = omniphi("transcribe", str(SPEECH / "capital.mp3"))
     assert result.returncode == 0, result.stderr

@@ -31,6 +31,19 @@ def test_starter_loads_the_committed_weights(starter_assistant):
     assert starter_assistant.model.config.image_seq_length == 25
 
 
+def test_the_starters_whisper_hears_its_questions_better_with_the_words_of_its_world(starter_assistant):
+    from omniphi.data.shapes import transcription_prompt
+    from omniphi.eval.metrics import corpus_wer
+
+    whisper = starter_assistant.transcriber
+    assert whisper.prompt == transcription_prompt()  # the committed weights' transcription_config.json
+    questions = FIXTURE["questions"]
+    clips = [load_audio(SHAPES / q["audio"]) for q in questions]
+    with_words = corpus_wer([(q["question"], whisper.transcribe(c)) for q, c in zip(questions, clips)])
+    without = corpus_wer([(q["question"], whisper.transcribe(c, prompt="")) for q, c in zip(questions, clips)])
+    assert with_words < without, (with_words, without)
+
+
 def ask(assistant, question: dict, by: str, picture_first: bool = True) -> str:
     """`by`: "text", or "native"/"transcribe" (the spoken question, through that audio path)."""
     image = {"type": "image", "image": Image.open(SHAPES / question["image"])}

@@ -108,8 +108,9 @@ def test_cancel_during_transcription_stops_before_the_next_clip(tiny):
 
     class Whisper:
         calls = 0
+        prompt = None
 
-        def transcribe(self, audio):
+        def transcribe(self, audio, prompt=None):
             Whisper.calls += 1
             cancel.set()  # the client goes away while the first clip is transcribed
             return "hello"

@@ -263,6 +263,15 @@ def make_question(
     raise ValueError(f"unknown question type {qtype!r}")
 
 
+def transcription_prompt() -> str:
+    """The words of this world as a prompt for a speech recogniser (``omniphi.asr.Transcriber.prompt``):
+    Whisper spells a word the way its prompt does, so a model that knows only this world hears its
+    colours, shapes and places in them instead of words that merely sound alike."""
+    return (f"Questions about a picture of coloured shapes. Colours: {', '.join(COLOURS)}. "
+            f"Shapes: {', '.join(SHAPES)}. Places: {', '.join(POSITION_PHRASES.values())}. "
+            "How many shapes are there?")
+
+
 def answer_for(qtype: str, question: str, scene: Sequence[dict[str, Any]]) -> str:
     """Re-derive the answer to a generated question from the scene alone (used by tests and
     as executable documentation of what each question means)."""

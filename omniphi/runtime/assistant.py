@@ -77,11 +77,12 @@ class Assistant:
         return self.model.get_input_embeddings().weight.device
 
     # -- audio ------------------------------------------------------------------------------------
-    def transcribe(self, audio: np.ndarray) -> str:
-        """Whisper's transcript of 16 kHz mono float32 audio (cached by content hash)."""
+    def transcribe(self, audio: np.ndarray, prompt: str | None = None) -> str:
+        """Whisper's transcript of 16 kHz mono float32 audio (cached by content hash); ``prompt``
+        replaces the model's own (``omniphi.asr.Transcriber``; "" for none)."""
         if self.transcriber is None:
             raise TranscriptionUnavailableError(f"the model {self.name} has no speech recogniser")
-        return self._transcripts.transcribe(self.transcriber, audio)
+        return self._transcripts.transcribe(self.transcriber, audio, prompt)
 
     def _prepare(self, messages: Conversation, audio_mode: AudioMode,
                  cancel: threading.Event | None = None) -> tuple[Conversation, list[str]]:

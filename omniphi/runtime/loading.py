@@ -26,7 +26,8 @@ import torch
 from omniphi import presets
 from omniphi.errors import UserError
 from omniphi.chat import GenerationSettings
-from omniphi.model_card import GENERATION_CONFIG_FILE, ModelCard, generation_defaults, read_model_card
+from omniphi.model_card import (GENERATION_CONFIG_FILE, ModelCard, generation_defaults, read_model_card,
+                                read_transcription_prompt, write_transcription_prompt)
 from omniphi.presets import TRANSCRIBER_DIR, LoadedModel
 from omniphi.runtime import trained
 from omniphi.runtime.devices import resolve_device, resolve_dtype
@@ -153,6 +154,7 @@ def _load_training_output(directory: Path, *, dtype: torch.dtype, merge: bool, n
         from transformers import GenerationConfig
 
         loaded.model.generation_config = GenerationConfig.from_pretrained(directory)
+    _set_transcription_prompt(loaded.transcriber, directory)  # the output's own too
     return LoadedModel(loaded.model, loaded.processor, loaded.transcriber, name or f"omniphi-{directory.name}",
                        read_model_card(directory))
 
@@ -172,7 +174,18 @@ def _load_directory(directory: Path, *, dtype: torch.dtype, name: str | None) ->
     if (directory / TRANSCRIBER_DIR / "config.json").exists():
         whisper = WhisperForConditionalGeneration.from_pretrained(directory / TRANSCRIBER_DIR, dtype=dtype)
         transcriber = Transcriber(whisper, WhisperProcessor.from_pretrained(directory / TRANSCRIBER_DIR))
+        _set_transcription_prompt(transcriber, directory)
     return LoadedModel(model, processor, transcriber, name or f"omniphi-{directory.name}", read_model_card(directory))
+
+
+def _set_transcription_prompt(transcriber, directory: Path) -> None:
+    """A model directory's prompt for its speech recogniser (omniphi.model_card), if it has one."""
+    try:
+        prompt = read_transcription_prompt(directory)
+    except ValueError as error:
+        raise ModelSpecError(str(error)) from None
+    if transcriber is not None and prompt is not None:
+        transcriber.prompt = prompt
 
 
 @dataclass(frozen=True)
@@ -217,6 +230,8 @@ def save_directory(loaded: LoadedModel, directory: str | Path, *, defaults: dict
     loaded.processor.save_pretrained(directory)
     if loaded.transcriber is not None:
         loaded.transcriber.save_pretrained(directory / TRANSCRIBER_DIR)
+        if loaded.transcriber.prompt:
+            write_transcription_prompt(directory, loaded.transcriber.prompt)
     if defaults:
         (directory / DEFAULTS_FILE).write_text(json.dumps(defaults, indent=2) + "\n")
 
@@ -229,18 +244,23 @@ def load_transcriber(spec: str = "starter"):
     from omniphi.runtime.transcripts import TranscriptionUnavailableError
 
     transcriber = None
-    if spec in presets.PRESETS:
+    packaged = presets.packaged_directory(spec)
+    directory = packaged[0] if packaged is not None and trained.is_training_output(packaged[0]) else None
+    if directory is None and spec in presets.PRESETS:
         transcriber = presets.load_preset_transcriber(spec)
-    elif Path(spec).is_dir():
-        chain_root = spec
-        if trained.is_training_output(spec):
-            _, chain_root = trained.training_chain(spec)
+    elif directory is not None or Path(spec).is_dir():
+        directory = directory or Path(spec)
+        chain_root = str(directory)
+        if trained.is_training_output(directory):
+            _, chain_root = trained.training_chain(directory)
         if chain_root in presets.PRESETS:
             transcriber = presets.load_preset_transcriber(chain_root)
         elif (Path(chain_root) / TRANSCRIBER_DIR / "config.json").exists():
             source = Path(chain_root) / TRANSCRIBER_DIR
             transcriber = Transcriber(WhisperForConditionalGeneration.from_pretrained(source),
                                       WhisperProcessor.from_pretrained(source))
+            _set_transcription_prompt(transcriber, Path(chain_root))
+        _set_transcription_prompt(transcriber, directory)
     else:
         raise ModelSpecError(f"unknown model {spec!r}: expected one of {', '.join(presets.PRESETS)} or a model directory")
     if transcriber is None:

@@ -102,10 +102,10 @@ class RemoteAssistant:
         return models[0].id
 
     # -- audio ------------------------------------------------------------------------------------
-    def transcribe(self, audio: np.ndarray) -> str:
+    def transcribe(self, audio: np.ndarray, prompt: str | None = None) -> str:
         if self.transcriber is None:
             raise TranscriptionUnavailableError(f"the model {self.name} has no speech recogniser here")
-        return self._transcripts.transcribe(self.transcriber, audio)
+        return self._transcripts.transcribe(self.transcriber, audio, prompt)
 
     # -- answering: the steps -----------------------------------------------------------------------
     def begin(self, messages: Conversation, settings: GenerationSettings, *, audio_mode: AudioMode = "native",

@@ -32,10 +32,13 @@ class TranscriptCache:
         self.limit = limit
         self._entries: OrderedDict[str, str] = OrderedDict()
 
-    def transcribe(self, transcriber, audio: np.ndarray) -> str:
-        key = hashlib.sha256(np.ascontiguousarray(audio, dtype=np.float32).tobytes()).hexdigest()
+    def transcribe(self, transcriber, audio: np.ndarray, prompt: str | None = None) -> str:
+        """``transcriber``'s text of ``audio``; ``prompt`` as in ``omniphi.asr.Transcriber.transcribe``."""
+        key = hashlib.sha256(np.ascontiguousarray(audio, dtype=np.float32).tobytes())
+        key.update(repr(transcriber.prompt if prompt is None else prompt).encode())  # a prompt changes the text
+        key = key.hexdigest()
         if key not in self._entries:
-            self._entries[key] = transcriber.transcribe(audio)
+            self._entries[key] = transcriber.transcribe(audio, prompt=prompt)
             while len(self._entries) > self.limit:
                 self._entries.popitem(last=False)
         self._entries.move_to_end(key)

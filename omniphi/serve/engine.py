@@ -70,6 +70,7 @@ class ChatRequest:
 @dataclass
 class TranscriptionRequest:
     audio: np.ndarray  # 16 kHz mono float32
+    prompt: str | None = None  # Whisper's prompt; None: the model's own
 
 
 Request = Union[ChatRequest, TranscriptionRequest]
@@ -470,7 +471,7 @@ class Engine:
 
     def _transcribe(self, job: Job) -> None:
         started = time.perf_counter()
-        transcript = self.assistant.transcribe(job.request.audio)
+        transcript = self.assistant.transcribe(job.request.audio, job.request.prompt)
         job.result.transcripts.append(transcript)
         job._push(Transcript(0, transcript))
         job.result.done = Done("stop", 0, 0, time.perf_counter() - started)

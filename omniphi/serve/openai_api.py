@@ -291,6 +291,9 @@ def _usage(done: Done) -> dict[str, int]:
 
 
 _TRANSCRIPTION_FORMATS = ("json", "text", "verbose_json")
+# Whisper reads only a prompt's last 223 tokens (omniphi.asr.MAX_PROMPT_TOKENS); a longer text is
+# refused rather than tokenised whole.
+MAX_TRANSCRIPTION_PROMPT_CHARS = 4000
 
 
 @router.post("/v1/audio/transcriptions")
@@ -310,11 +313,16 @@ async def transcriptions(request: Request) -> Response:
                               "'json', 'text' and 'verbose_json'.", "response_format", "invalid_value")
         if str(form.get("stream", "false")).lower() == "true":
             raise bad_request("Streaming transcriptions are not supported.", "stream", "invalid_value")
+        # None: the model's own (omniphi.asr.Transcriber.prompt). Text: a second file is refused above.
+        prompt = form.get("prompt")
+        if prompt is not None and len(prompt) > MAX_TRANSCRIPTION_PROMPT_CHARS:
+            raise bad_request(f"'prompt' is too long: {len(prompt)} characters, at most "
+                              f"{MAX_TRANSCRIPTION_PROMPT_CHARS}.", "prompt", "string_above_max_length")
         data = await upload.read(limits.max_audio_bytes + 1)
     finally:
         await form.close()
     audio = await anyio.to_thread.run_sync(audio_upload, data, "file", st)
-    result = await wait_for_job(st.engine.submit(TranscriptionRequest(audio)), request)
+    result = await wait_for_job(st.engine.submit(TranscriptionRequest(audio, prompt)), request)
     text = result.transcripts[0] if result.transcripts else ""
     if response_format == "text":
         return PlainTextResponse(text)

@@ -42,7 +42,8 @@ import sys
 import time
 from pathlib import Path
 
-from omniphi.data.shapes import GENERATOR_VERSION
+from omniphi.data.shapes import GENERATOR_VERSION, transcription_prompt
+from omniphi.model_card import write_transcription_prompt
 from omniphi.data.tts import DEFAULT_TTS, make_speaker
 
 REPO = Path(__file__).resolve().parents[2]
@@ -199,6 +200,8 @@ def step_package(install: bool) -> bool:
     if install:  # the card's sample picture and spoken question are the new fixture's
         export_fixture()
     write_card(weights)
+    # Whisper hears the starter's spoken questions with the words of its world in its prompt
+    write_transcription_prompt(weights, transcription_prompt())
     size = sum(p.stat().st_size for p in weights.rglob("*") if p.is_file())
     print(f"[package] {weights}: {size / 2**20:.1f} MiB", file=sys.stderr)
     if install:

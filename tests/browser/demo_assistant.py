@@ -57,7 +57,7 @@ class DemoAssistant:
         self.generation_defaults = GenerationSettings()
         self.card = None
 
-    def transcribe(self, audio: np.ndarray) -> str:
+    def transcribe(self, audio: np.ndarray, prompt: str | None = None) -> str:
         return "What is the capital of France?"
 
     def stream(

@@ -84,7 +84,7 @@ class HostileAssistant:
     generation_defaults = GenerationSettings()
     card = None
 
-    def transcribe(self, audio):
+    def transcribe(self, audio, prompt=None):
         return ""
 
     def stream(self, messages, settings, *, audio_mode="native", cancel: threading.Event | None = None):

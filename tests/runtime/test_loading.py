@@ -433,3 +433,25 @@ def test_bf16_probe_keeps_each_products_best_round(monkeypatch, tmp_path):
         assert devices.cpu_bf16_is_faster() is True
     finally:
         devices._cpu_probe.cache_clear()
+
+
+@pytest.mark.slow
+def test_a_whisper_prompt_is_saved_and_loaded_with_its_model(reference, tmp_path):
+    from omniphi.asr import Transcriber
+    from omniphi.model_card import TRANSCRIPTION_CONFIG_FILE, write_transcription_prompt
+
+    whisper = Transcriber.starter()
+    whisper.prompt = "Words of the model's world: hexagon, centre."
+    loading.save_directory(presets.LoadedModel(reference.model, reference.processor, whisper, "with-whisper"),
+                           tmp_path / "model")
+    assert runtime.load(str(tmp_path / "model"), device="cpu").transcriber.prompt == whisper.prompt
+    assert loading.load_transcriber(str(tmp_path / "model")).prompt == whisper.prompt
+    # a training output on it keeps the prompt, unless it names its own
+    _training_output(tmp_path / "out", str(tmp_path / "model"), reference.model,
+                     reference.model.multi_modal_projector.linear_1.weight.detach().clone())
+    assert loading.load_transcriber(str(tmp_path / "out")).prompt == whisper.prompt
+    write_transcription_prompt(tmp_path / "out", "The output's own words.")
+    assert loading.load_transcriber(str(tmp_path / "out")).prompt == "The output's own words."
+    (tmp_path / "model" / TRANSCRIPTION_CONFIG_FILE).write_text('{"prompt": 3}')
+    with pytest.raises(loading.ModelSpecError, match=TRANSCRIPTION_CONFIG_FILE):
+        runtime.load(str(tmp_path / "model"), device="cpu")

@@ -52,11 +52,11 @@ class FakeAssistant:
             self.active -= 1
 
     # -- the Assistant interface -------------------------------------------------------------------
-    def transcribe(self, audio: np.ndarray) -> str:
+    def transcribe(self, audio: np.ndarray, prompt: str | None = None) -> str:
         self._enter()
         try:
             _check_audio(audio)
-            self.calls.append({"kind": "transcribe", "seconds": len(audio) / 16000})
+            self.calls.append({"kind": "transcribe", "seconds": len(audio) / 16000, "prompt": prompt})
             if self.token_delay:
                 time.sleep(self.token_delay)
             return self.transcript

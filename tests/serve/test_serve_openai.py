@@ -166,6 +166,23 @@ def test_transcriptions_text_and_verbose_json(client):
     assert body["duration"] == pytest.approx(1.83, abs=0.1)
 
 
+def test_transcription_prompt_reaches_whisper_and_defaults_to_the_models_own(client, fake):
+    files = {"file": ("capital.wav", speech(), "audio/wav")}
+    assert client.post("/v1/audio/transcriptions", files=files, data={"prompt": "Paris, Berlin."}).status_code == 200
+    assert fake.calls[-1]["prompt"] == "Paris, Berlin."
+    assert client.post("/v1/audio/transcriptions", files=files).status_code == 200
+    assert fake.calls[-1]["prompt"] is None  # the model's own (omniphi.asr.Transcriber.prompt)
+
+
+def test_transcription_prompt_sent_as_a_file_or_too_long_is_a_400(client, fake):
+    files = {"file": ("capital.wav", speech(), "audio/wav"), "prompt": ("p.txt", b"Paris", "text/plain")}
+    assert "files" in assert_error(client.post("/v1/audio/transcriptions", files=files), 400)["message"]
+    files = {"file": ("capital.wav", speech(), "audio/wav")}
+    assert_error(client.post("/v1/audio/transcriptions", files=files, data={"prompt": "word " * 1000}), 400,
+                 code="string_above_max_length", param="prompt")
+    assert not [c for c in fake.calls if c["kind"] == "transcribe"]
+
+
 @pytest.fixture
 def image_host():
     """A tiny HTTP server on 127.0.0.1 serving /cat.png (stands in for a remote image host)."""

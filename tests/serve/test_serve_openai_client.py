@@ -62,7 +62,8 @@ def test_streaming_with_usage(oai):
 @pytest.mark.parametrize("fmt", ["json", "text", "verbose_json"])
 def test_transcriptions(oai, fmt):
     with open(SPEECH / "capital.webm", "rb") as f:
-        result = oai.audio.transcriptions.create(model="whisper-1", file=f, response_format=fmt)
+        result = oai.audio.transcriptions.create(model="whisper-1", file=f, response_format=fmt,
+                                                 prompt="Capitals: Paris.")
     if fmt == "text":
         assert result == TRANSCRIPT
     else:

@@ -118,8 +118,9 @@ class FakeWhisper:
     def __init__(self, text: str = "what colour is the circle"):
         self.text = text
         self.calls = 0
+        self.prompt = None
 
-    def transcribe(self, audio):
+    def transcribe(self, audio, prompt=None):
         self.calls += 1
         return self.text
 
