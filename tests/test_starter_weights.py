@@ -35,8 +35,11 @@ def test_the_starters_whisper_hears_its_questions_better_with_the_words_of_its_w
     from omniphi.data.shapes import transcription_prompt
     from omniphi.eval.metrics import corpus_wer
 
+    from omniphi.runtime.loading import load_transcriber
+
     whisper = starter_assistant.transcriber
     assert whisper.prompt == transcription_prompt()  # the committed weights' transcription_config.json
+    assert load_transcriber("starter").prompt == whisper.prompt and load_transcriber("starter-base").prompt is None
     questions = FIXTURE["questions"]
     clips = [load_audio(SHAPES / q["audio"]) for q in questions]
     with_words = corpus_wer([(q["question"], whisper.transcribe(c)) for q, c in zip(questions, clips)])

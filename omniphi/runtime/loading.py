@@ -244,12 +244,10 @@ def load_transcriber(spec: str = "starter"):
     from omniphi.runtime.transcripts import TranscriptionUnavailableError
 
     transcriber = None
-    packaged = presets.packaged_directory(spec)
-    directory = packaged[0] if packaged is not None and trained.is_training_output(packaged[0]) else None
+    directory = _directory_of(spec)  # the packaged starter's too
     if directory is None and spec in presets.PRESETS:
         transcriber = presets.load_preset_transcriber(spec)
-    elif directory is not None or Path(spec).is_dir():
-        directory = directory or Path(spec)
+    elif directory is not None:
         chain_root = str(directory)
         if trained.is_training_output(directory):
             _, chain_root = trained.training_chain(directory)
