@@ -160,9 +160,6 @@ def _load_training_output(directory: Path, *, dtype: torch.dtype, merge: bool, n
 
 
 def _load_directory(directory: Path, *, dtype: torch.dtype, name: str | None) -> LoadedModel:
-    from transformers import WhisperForConditionalGeneration, WhisperProcessor
-
-    from omniphi.asr import Transcriber
     from omniphi.model import OmniForConditionalGeneration
     from omniphi.processing import OmniProcessor
 
@@ -170,12 +167,24 @@ def _load_directory(directory: Path, *, dtype: torch.dtype, name: str | None) ->
         raise ModelSpecError(f"{directory} is not an omniphi model directory (no config.json)")
     model = OmniForConditionalGeneration.from_pretrained(directory, dtype=dtype).eval()
     processor = OmniProcessor.from_pretrained(directory, model.config)
-    transcriber = None
-    if (directory / TRANSCRIBER_DIR / "config.json").exists():
-        whisper = WhisperForConditionalGeneration.from_pretrained(directory / TRANSCRIBER_DIR, dtype=dtype)
-        transcriber = Transcriber(whisper, WhisperProcessor.from_pretrained(directory / TRANSCRIBER_DIR))
-        _set_transcription_prompt(transcriber, directory)
+    transcriber = _directory_transcriber(directory, dtype=dtype)
     return LoadedModel(model, processor, transcriber, name or f"omniphi-{directory.name}", read_model_card(directory))
+
+
+def _directory_transcriber(directory: Path, *, dtype: torch.dtype | str):
+    """The Whisper a model directory keeps for transcripts (TRANSCRIBER_DIR), with the directory's
+    prompt for it; None where it keeps none."""
+    from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+    from omniphi.asr import Transcriber
+
+    source = directory / TRANSCRIBER_DIR
+    if not (source / "config.json").exists():
+        return None
+    transcriber = Transcriber(WhisperForConditionalGeneration.from_pretrained(source, dtype=dtype),
+                              WhisperProcessor.from_pretrained(source))
+    _set_transcription_prompt(transcriber, directory)
+    return transcriber
 
 
 def _set_transcription_prompt(transcriber, directory: Path) -> None:
@@ -238,9 +247,6 @@ def save_directory(loaded: LoadedModel, directory: str | Path, *, defaults: dict
 
 def load_transcriber(spec: str = "starter"):
     """Only the speech recogniser of a model (fast: no LLM or vision tower is loaded)."""
-    from transformers import WhisperForConditionalGeneration, WhisperProcessor
-
-    from omniphi.asr import Transcriber
     from omniphi.runtime.transcripts import TranscriptionUnavailableError
 
     transcriber = None
@@ -253,12 +259,9 @@ def load_transcriber(spec: str = "starter"):
             _, chain_root = trained.training_chain(directory)
         if chain_root in presets.PRESETS:
             transcriber = presets.load_preset_transcriber(chain_root)
-        elif (Path(chain_root) / TRANSCRIBER_DIR / "config.json").exists():
-            source = Path(chain_root) / TRANSCRIBER_DIR
-            transcriber = Transcriber(WhisperForConditionalGeneration.from_pretrained(source),
-                                      WhisperProcessor.from_pretrained(source))
-            _set_transcription_prompt(transcriber, Path(chain_root))
-        _set_transcription_prompt(transcriber, directory)
+        else:  # in the dtype it was saved in (transformers' "auto")
+            transcriber = _directory_transcriber(Path(chain_root), dtype="auto")
+        _set_transcription_prompt(transcriber, directory)  # a training output's own prompt wins
     else:
         raise ModelSpecError(f"unknown model {spec!r}: expected one of {', '.join(presets.PRESETS)} or a model directory")
     if transcriber is None:
