@@ -18,6 +18,12 @@ from omniphi.model.audio_encoder import encode_windows, stack_frames
 from omniphi.model.projectors import AudioProjector, VisionProjector
 
 
+def target_positions(labels: torch.Tensor) -> torch.Tensor:
+    """The positions whose next token is a target in some row of the batch (labels ≠ -100): where the
+    LM loss needs logits, in order."""
+    return (labels[:, 1:] != -100).any(0).nonzero().squeeze(1)
+
+
 class PlaceholderMismatchError(ValueError):
     """The prompt's placeholder tokens and the media features disagree in number."""
 
@@ -203,11 +209,10 @@ class OmniForConditionalGeneration(MediaEncoders, OmniPreTrainedModel, Generatio
         costs as much as a fifth of a training step. Same value as the LLM's own loss: targets are
         the next token, -100 is ignored, the sum is divided by `num_items_in_batch` (the target count
         of the whole accumulated batch) when the Trainer gives it, else by this batch's count."""
-        next_labels = labels[:, 1:]
-        keep = (next_labels != -100).any(0).nonzero().squeeze(1)  # positions whose next token is a target
+        keep = target_positions(labels)
         outputs = self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
                                       logits_to_keep=keep, **kwargs)
-        targets = next_labels[:, keep]
+        targets = labels[:, 1:][:, keep]
         loss = nn.functional.cross_entropy(outputs.logits.float().flatten(0, 1), targets.flatten(),
                                            ignore_index=-100, reduction="sum")
         count = num_items_in_batch if num_items_in_batch is not None else (targets != -100).sum()

@@ -25,6 +25,7 @@ import torch
 
 from omniphi.data.skipping import SKIPPED_KEY, SkipCollator, Skipped, SkippingDataset, is_skipped
 from omniphi.processing import IGNORE_INDEX, EncodedSample, LabelMaskError, OmniProcessor, SampleTooLongError
+from omniphi.train.distill import DISTILL_KEY, DistillMarked, DistillMediaError
 
 TOO_LONG = "too_long"
 LABEL_MISMATCH = "label_mismatch"
@@ -76,7 +77,12 @@ class EncodingDataset:
             return Skipped(sample_id, BAD_SAMPLE, str(error), index)
         if encoded.labels is not None and not bool((encoded.labels != IGNORE_INDEX).any()):
             return Skipped(sample_id, LABEL_MISMATCH, "no trained token", index)
-        return {"id": sample_id, "encoded": encoded}
+        distill = bool(item.get(DISTILL_KEY, False))
+        if distill and (encoded.pixel_values.shape[0] or encoded.audio_windows):
+            # a recipe mistake, not a bad sample: stop the run rather than skip the whole source
+            raise DistillMediaError(f"sample {sample_id} of a distill source has an image or audio; "
+                                    "distill takes text-only samples")
+        return {"id": sample_id, "encoded": encoded, DISTILL_KEY: distill}
 
 
 class TrainCollator:
@@ -86,7 +92,10 @@ class TrainCollator:
         self.processor = processor
 
     def __call__(self, items: list[dict]) -> dict[str, torch.Tensor]:
-        return self.processor.collate([item["encoded"] for item in items], padding_side="right")
+        batch = self.processor.collate([item["encoded"] for item in items], padding_side="right")
+        if any(item.get(DISTILL_KEY) for item in items):  # only then: the model never sees the key
+            batch[DISTILL_KEY] = torch.tensor([bool(item.get(DISTILL_KEY)) for item in items])
+        return batch
 
 
 def training_pipeline(source: Sequence[Any], processor: OmniProcessor, max_length: int,
@@ -100,6 +109,11 @@ def pop_skipped(batch: dict) -> list:
     return batch.pop(SKIPPED_KEY, None) or []
 
 
+def pop_distill_rows(batch: dict) -> torch.Tensor | None:
+    """The batch's per-row distill flags (None when no row is marked), taken out of the model's inputs."""
+    return batch.pop(DISTILL_KEY, None)
+
+
 # -- length grouping ----------------------------------------------------------------------------------------
 def estimate_lengths(dataset: Any, image_tokens: int, audio_tokens: int = 100) -> list[int]:
     """Cheap token-count estimates (no media decoded, nothing tokenised) for grouping by length.
@@ -111,7 +125,7 @@ def estimate_lengths(dataset: Any, image_tokens: int, audio_tokens: int = 100) -
     from omniphi.data.speech import AsrDataset
     from omniphi.data.text import TextDataset
 
-    if isinstance(dataset, (SkippingDataset,)):
+    if isinstance(dataset, (SkippingDataset, DistillMarked)):
         return estimate_lengths(dataset.dataset, image_tokens, audio_tokens)
     if isinstance(dataset, EncodingDataset):
         return estimate_lengths(dataset.source, image_tokens, audio_tokens)

@@ -7,6 +7,7 @@ from typing import Any, Sequence
 import torch
 from torch.utils.data import ConcatDataset, Subset
 
+from omniphi.train.distill import DistillMarked
 from omniphi.train.recipe import DataSection, DataSource, RecipeError
 
 
@@ -36,7 +37,7 @@ def open_source(source: DataSource):
         raise RecipeError(f"data source {source.path} has no samples")
     if source.limit is not None:
         dataset = Subset(dataset, range(min(source.limit, len(dataset))))
-    return dataset
+    return DistillMarked(dataset) if source.distill else dataset
 
 
 def _concat(datasets: list) -> Any:

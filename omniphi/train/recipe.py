@@ -64,6 +64,9 @@ class DataSource:
     text_split: Literal["blank", "line"] = "blank"  # text format: documents separated by blank lines or one per line
     separator: Optional[str] = None  # text format: a line that separates documents (TinyStories: <|endoftext|>)
     limit: Optional[int] = None  # use only the first N samples
+    # also pull the answers toward the base LLM's own next-token distributions (a KL term, the teacher
+    # being the LLM with its LoRA off: omniphi/train/distill.py); text-only samples, training sources, LoRA
+    distill: bool = False
 
 
 @dataclass
@@ -105,6 +108,7 @@ class TrainingSection:
     ddp_find_unused_parameters: Optional[bool] = None  # default: true when a module may get no gradient
     deepspeed: Optional[str] = None  # a DeepSpeed JSON (or use `accelerate launch --config_file`)
     plots: bool = True
+    distill_weight: float = 1.0  # the KL term of `distill` sources, per trained token, beside the LM loss
 
 
 @dataclass
@@ -175,7 +179,22 @@ class Recipe:
             raise RecipeError("data.max_length is too small")
         if self.lora is not None and (self.lora.r < 1 or self.lora.alpha <= 0):
             raise RecipeError("lora.r and lora.alpha must be positive")
+        self._validate_distill()
         return self
+
+    def _validate_distill(self) -> None:
+        distilled = [s for s in self.data.train if s.distill]
+        if any(s.distill for s in self.data.eval):
+            raise RecipeError("data.eval: distill applies to training sources only (evaluation reports the LM loss)")
+        if self.training.distill_weight < 0:
+            raise RecipeError("training.distill_weight must be at least 0")
+        if not distilled:
+            return
+        if self.lora is None:
+            raise RecipeError(f"data source {distilled[0].path}: distill needs lora (the teacher is the LLM with its LoRA off)")
+        spoken = [s for s in distilled if s.format in ASR_FORMATS]
+        if spoken:
+            raise RecipeError(f"data source {spoken[0].path}: distill takes text-only samples, not {spoken[0].format}")
 
 
     def _validate_audio_words(self) -> None:

@@ -211,6 +211,7 @@ def run_training(recipe: Recipe, resume: bool | str | None = None) -> TrainResul
         group_by_length=recipe.data.group_by_length,
         length_seed=args.data_seed,
         image_tokens=model.config.image_seq_length,
+        distill_weight=t.distill_weight,
     )
     trainer.add_callback(JsonlLogCallback(output_dir / LOG_FILE, trainer))
     if t.stop_after_steps:

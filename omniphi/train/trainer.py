@@ -22,7 +22,8 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from omniphi.data.skipping import SkipCounter
-from omniphi.train.collator import LengthGroupedSampler, estimate_lengths, pop_skipped
+from omniphi.train.collator import LengthGroupedSampler, estimate_lengths, pop_distill_rows, pop_skipped
+from omniphi.train.distill import distillation_kl
 from omniphi.train.freezing import group_of
 from omniphi.train.outputs import load_trainables_into, save_trained
 
@@ -32,12 +33,15 @@ CHECKPOINT_COMPLETE = "trainer_state.json"  # written last by Trainer._save_chec
 
 class OmniTrainer(Trainer):
     def __init__(self, *args, group_lrs: dict[str, float], output_meta: dict[str, Any],
-                 group_by_length: bool = False, length_seed: int = 0, image_tokens: int = 0, **kwargs):
+                 group_by_length: bool = False, length_seed: int = 0, image_tokens: int = 0,
+                 distill_weight: float = 1.0, **kwargs):
         self.group_lrs = group_lrs  # {"llm": lr, "projector": lr, "tower": lr}
         self.output_meta = output_meta  # what omniphi_trained.json records about the run
         self.group_by_length = group_by_length
         self.length_seed = length_seed
         self.image_tokens = image_tokens
+        self.distill_weight = distill_weight  # the KL term on distill sources' samples (omniphi/train/distill.py)
+        self.distill_kl = [0.0, 0]  # summed KL and positions since the last log line (the log's distill_kl)
         self.train_skips = SkipCounter()
         self.eval_skips = SkipCounter(log=False)  # the same bad samples come back at every evaluation
         super().__init__(*args, **kwargs)
@@ -84,7 +88,24 @@ class OmniTrainer(Trainer):
         # counter); count them here, in the main process, and keep them out of model(**inputs).
         skipped = pop_skipped(inputs)
         (self.train_skips if model.training else self.eval_skips).update(skipped)
-        return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        distill_rows = pop_distill_rows(inputs)
+        if distill_rows is None or not model.training or self.distill_weight == 0:
+            return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        kl, positions = distillation_kl(self.accelerator.unwrap_model(model), inputs, distill_rows.to(loss.device),
+                                        outputs.logits)
+        self.distill_kl[0] += float(kl.detach())
+        self.distill_kl[1] += positions
+        # per trained token, as the LM loss is: divided by the same count
+        count = num_items_in_batch if num_items_in_batch is not None else (inputs["labels"][:, 1:] != -100).sum()
+        loss = loss + self.distill_weight * kl / torch.as_tensor(count, device=kl.device, dtype=kl.dtype)
+        return (loss, outputs) if return_outputs else loss
+
+    def pop_distill_kl(self) -> float | None:
+        """The mean KL per distilled position since the last call (None when none was distilled)."""
+        total, positions = self.distill_kl
+        self.distill_kl = [0.0, 0]
+        return total / positions if positions else None
 
     # -- checkpoints: adapter + non-LoRA trainables only -------------------------------------------------------
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
@@ -184,6 +205,9 @@ class JsonlLogCallback(TrainerCallback):
         if kind == "train":
             record.update(self.step_lrs)
             record["skipped"] = self.trainer.train_skips.total
+            distill_kl = self.trainer.pop_distill_kl()
+            if distill_kl is not None:
+                record["distill_kl"] = round(distill_kl, 5)
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
 
