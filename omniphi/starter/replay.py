@@ -7,7 +7,9 @@ a shapes answer. The standard cure is rehearsal: mix text of the old kind into t
 No general corpus ships offline, so the old model writes it (self-distillation, as in
 "self-synthesised rehearsal"): samples of the base LLM are, by construction, text it already
 predicts well, and training on them pulls the adapter back toward the base wherever the shapes
-data does not pull elsewhere.
+data does not pull elsewhere. recipes/starter-instruct.yaml also distils these files
+(omniphi/train/distill.py): at each of their tokens the LoRA is pulled toward the base's whole
+next-token distribution, not only toward the token it sampled.
 
 Two files, both read by the recipe like any other data. Their size is the mix: 40 answers and 24
 texts are about a quarter of recipes/starter-instruct.yaml's trained tokens (a first try with 80
