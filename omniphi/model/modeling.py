@@ -24,6 +24,13 @@ def target_positions(labels: torch.Tensor) -> torch.Tensor:
     return (labels[:, 1:] != -100).any(0).nonzero().squeeze(1)
 
 
+def loss_divisor(labels: torch.Tensor, num_items_in_batch=None) -> torch.Tensor:
+    """What a summed per-token loss is divided by: the target count of the whole accumulated batch when
+    the Trainer gives it (`num_items_in_batch`), else this batch's count of next-token targets."""
+    count = num_items_in_batch if num_items_in_batch is not None else (labels[:, 1:] != -100).sum()
+    return torch.as_tensor(count, device=labels.device)
+
+
 class PlaceholderMismatchError(ValueError):
     """The prompt's placeholder tokens and the media features disagree in number."""
 
@@ -215,8 +222,7 @@ class OmniForConditionalGeneration(MediaEncoders, OmniPreTrainedModel, Generatio
         targets = labels[:, 1:][:, keep]
         loss = nn.functional.cross_entropy(outputs.logits.float().flatten(0, 1), targets.flatten(),
                                            ignore_index=-100, reduction="sum")
-        count = num_items_in_batch if num_items_in_batch is not None else (targets != -100).sum()
-        outputs.loss = loss / torch.as_tensor(count, device=loss.device, dtype=loss.dtype)
+        outputs.loss = loss / loss_divisor(labels, num_items_in_batch).to(loss.device, loss.dtype)
         return outputs
 
     @torch.no_grad()

@@ -196,7 +196,6 @@ class Recipe:
         if spoken:
             raise RecipeError(f"data source {spoken[0].path}: distill takes text-only samples, not {spoken[0].format}")
 
-
     def _validate_audio_words(self) -> None:
         if self.lora is not None or self.model.quantize or self.model.init != "pretrained":
             raise RecipeError("the audio_words stage trains the audio projector only: remove lora / model.quantize / init")

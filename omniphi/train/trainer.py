@@ -22,6 +22,7 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from omniphi.data.skipping import SkipCounter
+from omniphi.model.modeling import loss_divisor
 from omniphi.train.collator import LengthGroupedSampler, estimate_lengths, pop_distill_rows, pop_skipped
 from omniphi.train.distill import distillation_kl
 from omniphi.train.freezing import group_of
@@ -97,8 +98,7 @@ class OmniTrainer(Trainer):
         self.distill_kl[0] += float(kl.detach())
         self.distill_kl[1] += positions
         # per trained token, as the LM loss is: divided by the same count
-        count = num_items_in_batch if num_items_in_batch is not None else (inputs["labels"][:, 1:] != -100).sum()
-        loss = loss + self.distill_weight * kl / torch.as_tensor(count, device=kl.device, dtype=kl.dtype)
+        loss = loss + self.distill_weight * kl / loss_divisor(inputs["labels"], num_items_in_batch).to(kl.device, kl.dtype)
         return (loss, outputs) if return_outputs else loss
 
     def pop_distill_kl(self) -> float | None:

@@ -140,13 +140,7 @@ def test_a_distill_source_with_pictures_stops_the_run(tmp_path, shapes):
     ({"training": {"distill_weight": -1}}, "distill_weight"),
 ])
 def test_recipes_refuse_distillation_they_cannot_do(tmp_path, change, problem):
-    recipe = make_recipe("text", tmp_path / "out", [{"format": "text", "path": "x.jsonl", "distill": True}], lora=LORA)
-    for key, value in change.items():
-        if isinstance(value, dict) and isinstance(recipe.get(key), dict):
-            recipe[key] = {**recipe[key], **value}
-        else:
-            recipe[key] = value
-    if recipe.get("lora") is None:
-        recipe.pop("lora")
+    recipe = make_recipe("text", tmp_path / "out", [{"format": "text", "path": "x.jsonl", "distill": True}],
+                         **{"lora": LORA, **change})
     with pytest.raises(RecipeError, match=problem):
         load_recipe(recipe)
