@@ -55,13 +55,14 @@ class RemoteAssistant:
     def __init__(self, base_url: str, *, model: str | None = None, api_key: str | None = None,
                  card=None, generation_defaults: GenerationSettings | None = None, transcriber=None,
                  request_timeout_s: float = 600.0):
-        import httpx
         import openai
 
         self._openai = openai
         self.base_url = base_url
+        # openai.Timeout is the timeout type of whichever HTTP library the installed openai is built
+        # on (httpx before 3.x's move to httpx2): an httpx.Timeout is refused by the newer ones
         self.client = openai.OpenAI(base_url=base_url, api_key=api_key or "unused", max_retries=0,
-                                    timeout=httpx.Timeout(request_timeout_s, connect=CONNECT_TIMEOUT_S))
+                                    timeout=openai.Timeout(request_timeout_s, connect=CONNECT_TIMEOUT_S))
         self.model_id = model or self._served_model()
         self.name = self.model_id
         self.card = card
