@@ -59,8 +59,8 @@ class RemoteAssistant:
 
         self._openai = openai
         self.base_url = base_url
-        # openai.Timeout is the timeout type of whichever HTTP library the installed openai is built
-        # on (httpx before 3.x's move to httpx2): an httpx.Timeout is refused by the newer ones
+        # openai.Timeout is the timeout type of the HTTP library the installed openai is built on
+        # (httpx2 for openai 3.57, which refuses an httpx.Timeout)
         self.client = openai.OpenAI(base_url=base_url, api_key=api_key or "unused", max_retries=0,
                                     timeout=openai.Timeout(request_timeout_s, connect=CONNECT_TIMEOUT_S))
         self.model_id = model or self._served_model()
