@@ -169,7 +169,12 @@ def _polygon(cx: float, cy: float, radii: Sequence[float], angle: float, offset:
     return pts
 
 
-def render_scene(objects: Sequence[Shape], size: int, rng: random.Random) -> Image.Image:
+def render_scene(objects: Sequence[Shape], size: int, rng: random.Random,
+                 fills: Sequence[tuple[int, int, int]] | None = None) -> Image.Image:
+    """The picture of `objects`; `fills`, one RGB per object, paints them in other colours than
+    their names' (the starter's vision step uses it to show shapes in colours outside the palette)."""
+    if fills is not None and len(fills) != len(objects):
+        raise ValueError(f"{len(fills)} fills for {len(objects)} objects")
     s = size * SUPERSAMPLE
     # Background: a gentle linear gradient between two pale tints ("lightly textured").
     base = np.array([rng.uniform(205, 240)] * 3) + np.array([rng.uniform(-10, 10) for _ in range(3)])
@@ -183,10 +188,10 @@ def render_scene(objects: Sequence[Shape], size: int, rng: random.Random) -> Ima
 
     draw = ImageDraw.Draw(image)
     width = max(1, round(s / 112))
-    for obj in objects:
+    for index, obj in enumerate(objects):
         px, py = POSITIONS[obj.position]
         cx, cy, r = (px + obj.dx) * s, (py + obj.dy) * s, obj.radius * s
-        fill = COLOURS[obj.colour]
+        fill = COLOURS[obj.colour] if fills is None else tuple(fills[index])
         outline = tuple(int(c * 0.6) for c in fill)
         if obj.shape == "circle":
             draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill, outline=outline, width=width)

@@ -19,9 +19,16 @@ region's look into its row. Separate words in a fixed order, rather than a regio
 superposed on one token, make answering reading: "What colour is the hexagon?" asks for the word
 before "hexagon", which the LLM's existing circuits for matching and copying words do, where a
 superposed token would make it pull a colour out of a mixture (the README's build history has what
-each layout measured). Colour and shape are separate targets, so held-out (colour, shape) pairs
-work too. The projector stays the standard mlp2x_gelu (export to llava-hf is unaffected); only its
-starting point is better.
+each layout measured). The projector stays the standard mlp2x_gelu (export to llava-hf is
+unaffected); only its starting point is better.
+
+Colour and shape are separate targets, but the training pictures still link them: each shape is
+missing in one colour (the held-out pairs the test split asks about), so "round and yellow" always
+means circle, and a tower trained plainly reads a yellow hexagon as a circle. Two things keep shape apart
+from colour. The shape words are learnt against a colour-only model (a product of experts: how much
+likelier or rarer each shape is in each colour, over the training set, is added to the shape logits,
+so the tower gains nothing by learning it), and half the drawn scenes are painted in random colours
+off the palette.
 
 The output is a training output (`omniphi_trained.json` + the tower's and projector's weights) on
 the base model, so the next stage's recipe names it as its `model.base` like any other stage.
@@ -61,9 +68,14 @@ NORM_WEIGHT = 0.1
 @dataclass
 class VisionPretrainSettings:
     epochs: int = 10  # shape accuracy (circle vs hexagon) still rose at epoch 6: 86 → 96 % by epoch 10
+    # Learn the shape words against a colour-only model (the module's docstring; WordHead.loss's shape_bias).
+    debias_colour: bool = True
     # Scenes drawn for this stage on top of the dataset's training images (same generator, own seed,
     # never a held-out colour-shape pair): the tower is data-hungry and drawing is cheap (~7 ms each).
     extra_scenes: int = 10_000
+    # The share of those drawn scenes painted in random colours off the palette, their colour targets
+    # ignored: shapes in colours that say nothing of them.
+    recoloured_fraction: float = 0.5
     batch_size: int = 64
     learning_rate: float = 1e-3
     weight_decay: float = 0.05
@@ -86,17 +98,54 @@ class WordHead(WordSpace):
         unit = nn.functional.normalize(tokens.float(), dim=-1)
         return {group: unit @ getattr(self, group).T for group in WORDS}
 
-    def loss(self, cosines: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]) -> torch.Tensor:
+    def loss(self, cosines: dict[str, torch.Tensor], targets: dict[str, torch.Tensor],
+             shape_bias: torch.Tensor | None = None) -> torch.Tensor:
         """Per group, over the tokens that name it: softmax cross-entropy (the right word beats the
-        group's others) + 1 − cosine to the right word (the token *is* that word, as the LLM reads it)."""
+        group's others) + 1 − cosine to the right word (the token *is* that word, as the LLM reads it).
+        `shape_bias` ([batch, tokens, shape words], from `colour_shape_bias`) is added to the shape
+        logits of the cross-entropy only: a product of experts with a colour-only model, so the tower
+        is never rewarded for learning which shapes each colour comes in."""
         scale = self.scale()
         total = 0.0
         for group, cos in cosines.items():
             named = targets[group] != IGNORE
-            cos, target = cos[named], targets[group][named]
-            total = total + nn.functional.cross_entropy(scale * cos, target)
+            logits = scale * cos
+            if group == "shape" and shape_bias is not None:
+                logits = logits + shape_bias
+            cos, logits, target = cos[named], logits[named], targets[group][named]
+            total = total + nn.functional.cross_entropy(logits, target)
             total = total + (1 - cos.gather(1, target[:, None])).mean()
         return total
+
+
+def colour_shape_log_ratio(scenes: list[list[dict]]) -> torch.Tensor:
+    """[colour words, shape words]: log P(shape | colour) − log P(shape) over the palette-coloured
+    objects of `scenes` (add-one smoothed): what an object's colour tells of its shape beyond how
+    common each shape is. In the training split each colour lacks its held-out shape: a strongly
+    negative entry; the other entries are near zero. Zero for the word
+    "empty" and for the "empty" colour: empty against occupied is the tower's to learn."""
+    shapes = len(WORDS["shape"]) - 1
+    counts = torch.ones(len(WORDS["colour"]) - 1, shapes)
+    for scene in scenes:
+        for obj in scene:
+            if obj["colour"] is not None:
+                counts[WORDS["colour"].index(obj["colour"]) - 1, WORDS["shape"].index(obj["shape"]) - 1] += 1
+    ratio = torch.zeros(len(WORDS["colour"]), len(WORDS["shape"]))
+    ratio[1:, 1:] = ((counts / counts.sum(1, keepdim=True)) / (counts.sum(0) / counts.sum())).log()
+    return ratio
+
+
+def colour_shape_bias(targets: dict[str, torch.Tensor], log_ratio: torch.Tensor, grid: int) -> torch.Tensor:
+    """[batch, tokens, shape words]: at each shape token, `log_ratio`'s row for the colour its region
+    names (zeros where it names none, and at the other tokens)."""
+    layout = token_layout(grid)
+    batch, tokens = targets["shape"].shape
+    bias = torch.zeros(batch, tokens, log_ratio.shape[1])
+    for region in CAPTION_ORDER:
+        colour = targets["colour"][:, layout[(region, "colour")]]
+        known = colour != IGNORE
+        bias[known, layout[(region, "shape")]] = log_ratio[colour[known]]
+    return bias
 
 
 def token_layout(grid: int) -> dict[tuple[str, str], int]:
@@ -116,6 +165,8 @@ def scene_targets(scene: list[dict], grid: int) -> dict[str, torch.Tensor]:
     for (region, group), index in token_layout(grid).items():
         obj = by_region.get(region)
         if group == "colour":
+            if obj and obj["colour"] is None:  # painted off the palette: no colour word to name
+                continue
             word = obj["colour"] if obj else "empty"
         elif group == "shape":
             word = obj["shape"] if obj else "empty"
@@ -145,16 +196,43 @@ def read_scenes(root: Path, split: str) -> list[tuple[Path, list[dict]]]:
     return [(root / image, scene) for image, scene in sorted(scenes.items())]
 
 
-def drawn_scenes(n: int, seed: int, image_size: int) -> list[tuple[Image.Image, list[dict]]]:
-    """`n` new scenes from the shapes generator (training-split rules: no held-out pair)."""
-    from omniphi.data.shapes import heldout_pairs, render_scene, sample_scene
+# How far (Euclidean, in RGB) an off-palette fill stays from the palette colour of its shape's held-out
+# pair, so that a recoloured scene never shows a held-out pair under another name.
+HELDOUT_COLOUR_MARGIN = 90.0
+
+
+def off_palette_fill(rng: random.Random, avoid: list[tuple[int, int, int]]) -> tuple[int, int, int]:
+    """A random colour of any hue, from pale and washed out to deep, at least HELDOUT_COLOUR_MARGIN
+    from each colour in `avoid`."""
+    import colorsys
+
+    while True:
+        rgb = colorsys.hsv_to_rgb(rng.random(), rng.uniform(0.1, 1.0), rng.uniform(0.3, 1.0))
+        fill = tuple(round(255 * c) for c in rgb)
+        if all(math.dist(fill, other) >= HELDOUT_COLOUR_MARGIN for other in avoid):
+            return fill
+
+
+def drawn_scenes(n: int, seed: int, image_size: int,
+                 recoloured_fraction: float = 0.0) -> list[tuple[Image.Image, list[dict]]]:
+    """`n` new scenes from the shapes generator (training-split rules: no held-out pair), the last
+    `recoloured_fraction` of them painted off the palette (colour None in their scene)."""
+    from omniphi.data.shapes import COLOURS, heldout_pairs, render_scene, sample_scene
 
     held = set(heldout_pairs(seed))
+    held_colours = {shape: [COLOURS[c] for c, s in held if s == shape] for shape in WORDS["shape"]}
+    recoloured_from = n - round(n * recoloured_fraction)
     out = []
     for i in range(n):
         rng = random.Random(f"starter-vision-scene:{seed}:{i}")
         objects = sample_scene(rng, held, allow_heldout=False, force_heldout=False)
-        out.append((render_scene(objects, image_size, rng), [o.as_dict() for o in objects]))
+        scene = [o.as_dict() for o in objects]
+        fills = None
+        if i >= recoloured_from:
+            paint = random.Random(f"starter-vision-fill:{seed}:{i}")
+            fills = [off_palette_fill(paint, held_colours[o.shape]) for o in objects]
+            scene = [{**o, "colour": None} for o in scene]
+        out.append((render_scene(objects, image_size, rng, fills), scene))
     return out
 
 
@@ -266,15 +344,17 @@ def pretrain_vision(shapes_dir: str | Path, output_dir: str | Path, base: str = 
     started = time.monotonic()
     dataset_meta = json.loads((shapes_dir / "metadata.json").read_text())
     train_items = read_scenes(shapes_dir, "train") + drawn_scenes(
-        settings.extra_scenes, dataset_meta["seed"], dataset_meta["image_size"])
+        settings.extra_scenes, dataset_meta["seed"], dataset_meta["image_size"], settings.recoloured_fraction)
     train_pixels, train_targets = _tensors(train_items, processor, grid)
     # Half of each batch is seen mirrored (targets precomputed for both): twice the scenes for free.
     mirror_targets = _stacked_targets([mirrored(scene) for _, scene in train_items], grid)
     val_pixels, val_targets = _tensors(read_scenes(shapes_dir, "val"), processor, grid)
-    print(f"[vision] {len(train_pixels)} training images ({settings.extra_scenes} drawn for this stage), "
+    print(f"[vision] {len(train_pixels)} training images ({settings.extra_scenes} drawn for this stage, "
+          f"{settings.recoloured_fraction:.0%} of them off the palette), "
           f"{len(val_pixels)} validation; "
           f"read in {time.monotonic() - started:.0f} s", file=sys.stderr)
 
+    colour_log_ratio = colour_shape_log_ratio([scene for _, scene in train_items])
     params = [p for module in trained for p in module.parameters()] + list(head.parameters())
     optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
     steps_per_epoch = math.ceil(len(train_pixels) / settings.batch_size)
@@ -292,7 +372,8 @@ def pretrain_vision(shapes_dir: str | Path, output_dir: str | Path, base: str = 
             pixels = torch.where(flip[:, None, None, None], train_pixels[batch].flip(-1), train_pixels[batch])
             targets = {k: torch.where(flip[:, None], mirror_targets[k][batch], v[batch]) for k, v in train_targets.items()}
             tokens = model.get_image_features(pixels)
-            loss = head.loss(head(tokens), targets) + NORM_WEIGHT * head.norm_penalty(tokens)
+            bias = colour_shape_bias(targets, colour_log_ratio, grid) if settings.debias_colour else None
+            loss = head.loss(head(tokens), targets, bias) + NORM_WEIGHT * head.norm_penalty(tokens)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)

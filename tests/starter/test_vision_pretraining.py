@@ -5,9 +5,13 @@ import json
 import pytest
 import torch
 
-from omniphi.data.shapes import POSITIONS, heldout_pairs
+import math
+import random
+
+from omniphi.data.shapes import COLOURS, POSITIONS, heldout_pairs
 from omniphi.starter.vision import (
-    IGNORE, WORDS, VisionPretrainSettings, drawn_scenes, mirrored, pretrain_vision, scene_targets, token_layout,
+    HELDOUT_COLOUR_MARGIN, IGNORE, WORDS, VisionPretrainSettings, WordHead, drawn_scenes, mirrored, off_palette_fill,
+    pretrain_vision, scene_targets, token_layout,
 )
 
 SCENE = [{"shape": "star", "colour": "red", "position": "left"},
@@ -40,6 +44,49 @@ def test_scene_targets_read_like_a_caption():
     assert " ".join(caption) == ("top blue circle two , left red star two , centre empty empty two , "
                                  "right empty empty two , bottom empty empty two ,")
     assert targets["colour"][layout[("top", "shape")]] == IGNORE
+
+
+def test_an_object_painted_off_the_palette_names_its_shape_but_no_colour():
+    targets = scene_targets([{**SCENE[0], "colour": None}, SCENE[1]], 5)
+    layout = token_layout(5)
+    assert targets["colour"][layout[("left", "colour")]] == IGNORE
+    assert word_at(targets, "shape", layout[("left", "shape")]) == "star"
+    assert word_at(targets, "colour", layout[("top", "colour")]) == "blue"
+    assert word_at(targets, "colour", layout[("centre", "colour")]) == "empty"  # empty regions still say so
+
+
+def test_off_palette_fills_span_hues_and_brightness_but_keep_away_from_the_colours_to_avoid():
+    rng = random.Random(0)
+    yellow = COLOURS["yellow"]
+    fills = [off_palette_fill(rng, [yellow]) for _ in range(500)]
+    assert min(math.dist(f, yellow) for f in fills) >= HELDOUT_COLOUR_MARGIN
+    assert len(set(fills)) > 400
+    for channel in range(3):  # every channel from dark to bright: not a few fixed tints
+        assert min(f[channel] for f in fills) < 60 and max(f[channel] for f in fills) > 220
+
+
+def test_recoloured_drawn_scenes_are_the_last_share_and_never_paint_a_shape_in_its_held_out_colour():
+    scenes = drawn_scenes(40, seed=0, image_size=160, recoloured_fraction=0.25)
+    named = [all(o["colour"] is not None for o in scene) for _, scene in scenes]
+    assert named == [True] * 30 + [False] * 10
+    held_colour = {shape: COLOURS[colour] for colour, shape in heldout_pairs(0)}
+    for image, scene in scenes[30:]:
+        for obj in scene:  # the pixel at the region's centre lies inside its object (jitter < the inner radius)
+            x, y = POSITIONS[obj["position"]]
+            fill = image.getpixel((round(x * 159), round(y * 159)))
+            assert math.dist(fill, held_colour[obj["shape"]]) >= HELDOUT_COLOUR_MARGIN - 2  # 2: rounding
+
+
+def test_render_scene_paints_the_given_fills():
+    from omniphi.data.shapes import Shape, render_scene
+
+    square = Shape("square", "red", "centre", radius=0.12, dx=0.0, dy=0.0, angle=0.0)
+    image = render_scene([square], 64, random.Random(0), fills=[(10, 200, 10)])
+    assert image.getpixel((32, 32)) == (10, 200, 10)
+    with pytest.raises(ValueError, match="1 objects"):
+        render_scene([square], 64, random.Random(0), fills=[])
+
+
 def test_mirrored_scene_swaps_left_and_right_only():
     flipped = mirrored(SCENE + [{"shape": "square", "colour": "green", "position": "right"}])
     assert [o["position"] for o in flipped] == ["right", "top", "left"]
@@ -84,3 +131,51 @@ def shapes_small(tmp_path_factory):
     root = tmp_path_factory.mktemp("starter-shapes")
     generate_shapes(root, n=30, seed=0, image_size=160)
     return root
+
+
+def test_the_colour_bias_holds_each_colours_missing_shape_and_nothing_about_empty_regions():
+    from omniphi.starter.vision import colour_shape_log_ratio
+
+    scenes = [scene for _, scene in drawn_scenes(600, seed=0, image_size=32, recoloured_fraction=0.25)]
+    ratio = colour_shape_log_ratio(scenes)
+    for colour, shape in heldout_pairs(0):  # never seen together: far less likely than the shape's average
+        assert ratio[WORDS["colour"].index(colour), WORDS["shape"].index(shape)] < -2
+    seen = [(c, s) for c in WORDS["colour"][1:] for s in WORDS["shape"][1:] if (c, s) not in set(heldout_pairs(0))]
+    assert all(abs(ratio[WORDS["colour"].index(c), WORDS["shape"].index(s)]) < 1 for c, s in seen)
+    assert not ratio[0].any() and not ratio[:, 0].any()  # empty against occupied is the tower's to learn
+
+
+def test_the_colour_bias_sits_on_the_shape_token_of_the_region_whose_colour_is_named():
+    from omniphi.starter.vision import colour_shape_bias
+
+    ratio = torch.arange(len(WORDS["colour"]) * len(WORDS["shape"]), dtype=torch.float).view(len(WORDS["colour"]), -1)
+    targets = {k: v[None] for k, v in scene_targets([SCENE[0], {**SCENE[1], "colour": None}], 5).items()}
+    bias = colour_shape_bias(targets, ratio, 5)[0]
+    layout = token_layout(5)
+    assert torch.equal(bias[layout[("left", "shape")]], ratio[WORDS["colour"].index("red")])
+    assert not bias[layout[("top", "shape")]].any()  # an off-palette object: no colour, no bias
+    assert torch.equal(bias[layout[("centre", "shape")]], ratio[0])  # an empty region: the "empty" row
+    others = [i for i in range(25) if i not in {layout[(r, "shape")] for r in POSITIONS}]
+    assert not bias[others].any()
+
+
+def test_the_shape_bias_enters_only_the_shape_cross_entropy():
+    head = object.__new__(WordHeadForTest)
+    cos = {g: torch.zeros(1, 25, len(w)) for g, w in WORDS.items()}
+    targets = {k: v[None] for k, v in scene_targets(SCENE, 5).items()}
+    layout = token_layout(5)
+    bias = torch.zeros(1, 25, len(WORDS["shape"]))
+    plain = WordHeadForTest.loss(head, cos, targets)
+    star = WORDS["shape"].index("star")
+    bias[0, layout[("left", "shape")], star] = 10.0  # the colour model already says "star": less to learn
+    assert WordHeadForTest.loss(head, cos, targets, bias) < plain
+    bias[0, layout[("left", "colour")], :] = 10.0  # a bias at a colour token is not read
+    bias[0, layout[("left", "shape")], star] = 0.0
+    assert torch.isclose(WordHeadForTest.loss(head, cos, targets, bias), plain)
+
+
+class WordHeadForTest(WordHead):
+    """WordHead's loss without a language model behind it (a fixed scale of 1)."""
+
+    def scale(self):
+        return torch.tensor(1.0)
