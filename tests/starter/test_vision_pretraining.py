@@ -179,3 +179,17 @@ class WordHeadForTest(WordHead):
 
     def scale(self):
         return torch.tensor(1.0)
+
+
+def test_the_fresh_heldout_bench_draws_half_its_pictures_with_a_held_out_pair():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "bench" / "vision_heldout.py"
+    spec = importlib.util.spec_from_file_location("vision_heldout", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    held = set(heldout_pairs(0))
+    items = bench.fresh_scenes(20, data_seed=0, image_size=64)
+    with_held = [any((o["colour"], o["shape"]) in held for o in scene) for _, scene in items]
+    assert all(with_held[0::2])
