@@ -21,8 +21,7 @@ from omniphi.runtime.loading import load_weights
 from omniphi.starter.vision import WordHead, shape_accuracy_by_pair
 
 
-def fresh_scenes(n: int, data_seed: int, image_size: int) -> list:
-    held = set(heldout_pairs(data_seed))
+def fresh_scenes(n: int, held: set[tuple[str, str]], data_seed: int, image_size: int) -> list:
     items = []
     for i in range(n):
         rng = random.Random(f"bench-vision-heldout:{data_seed}:{i}")
@@ -38,8 +37,8 @@ def main() -> None:
     parser.add_argument("--data-seed", type=int, default=0, help="the seed of the shapes data they were trained on")
     parser.add_argument("--image-size", type=int, default=224, help="the size `omniphi data shapes` drew at")
     args = parser.parse_args()
-    items = fresh_scenes(args.scenes, args.data_seed, args.image_size)
     held = set(heldout_pairs(args.data_seed))
+    items = fresh_scenes(args.scenes, held, args.data_seed, args.image_size)
     for output in args.outputs:
         loaded = load_weights(output)
         model = loaded.model.eval()

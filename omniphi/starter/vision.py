@@ -36,6 +36,7 @@ the base model, so the next stage's recipe names it as its `model.base` like any
 
 from __future__ import annotations
 
+import colorsys
 import json
 import math
 import random
@@ -122,10 +123,9 @@ def colour_shape_log_ratio(scenes: list[list[dict]]) -> torch.Tensor:
     """[colour words, shape words]: log P(shape | colour) − log P(shape) over the palette-coloured
     objects of `scenes` (add-one smoothed): what an object's colour tells of its shape beyond how
     common each shape is. In the training split each colour lacks its held-out shape: a strongly
-    negative entry; the other entries are near zero. Zero for the word
-    "empty" and for the "empty" colour: empty against occupied is the tower's to learn."""
-    shapes = len(WORDS["shape"]) - 1
-    counts = torch.ones(len(WORDS["colour"]) - 1, shapes)
+    negative entry; the other entries are near zero. Zero for the word "empty" and for the "empty"
+    colour: empty against occupied is the tower's to learn."""
+    counts = torch.ones(len(WORDS["colour"]) - 1, len(WORDS["shape"]) - 1)
     for scene in scenes:
         for obj in scene:
             if obj["colour"] is not None:
@@ -204,8 +204,6 @@ HELDOUT_COLOUR_MARGIN = 90.0
 def off_palette_fill(rng: random.Random, avoid: list[tuple[int, int, int]]) -> tuple[int, int, int]:
     """A random colour of any hue, from pale and washed out to deep, at least HELDOUT_COLOUR_MARGIN
     from each colour in `avoid`."""
-    import colorsys
-
     while True:
         rgb = colorsys.hsv_to_rgb(rng.random(), rng.uniform(0.1, 1.0), rng.uniform(0.3, 1.0))
         fill = tuple(round(255 * c) for c in rgb)
@@ -217,10 +215,10 @@ def drawn_scenes(n: int, seed: int, image_size: int,
                  recoloured_fraction: float = 0.0) -> list[tuple[Image.Image, list[dict]]]:
     """`n` new scenes from the shapes generator (training-split rules: no held-out pair), the last
     `recoloured_fraction` of them painted off the palette (colour None in their scene)."""
-    from omniphi.data.shapes import COLOURS, heldout_pairs, render_scene, sample_scene
+    from omniphi.data.shapes import heldout_pairs, render_scene, sample_scene
 
     held = set(heldout_pairs(seed))
-    held_colours = {shape: [COLOURS[c] for c, s in held if s == shape] for shape in WORDS["shape"]}
+    held_colours = {shape: [COLOURS[c] for c, s in held if s == shape] for shape in SHAPES}
     recoloured_from = n - round(n * recoloured_fraction)
     out = []
     for i in range(n):

@@ -1,12 +1,11 @@
 """Stage 0 of `make starter`: the scene targets the vision tower learns, and the stage's output."""
 
 import json
+import math
+import random
 
 import pytest
 import torch
-
-import math
-import random
 
 from omniphi.data.shapes import COLOURS, POSITIONS, heldout_pairs
 from omniphi.starter.vision import (
@@ -190,6 +189,6 @@ def test_the_fresh_heldout_bench_draws_half_its_pictures_with_a_held_out_pair():
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     held = set(heldout_pairs(0))
-    items = bench.fresh_scenes(20, data_seed=0, image_size=64)
+    items = bench.fresh_scenes(20, held, data_seed=0, image_size=64)
     with_held = [any((o["colour"], o["shape"]) in held for o in scene) for _, scene in items]
     assert all(with_held[0::2])
