@@ -145,6 +145,13 @@ def conditions_for(task: Task, assistant, ask_by: Sequence[str] | None, audio_mo
     return ["text"], []
 
 
+def _serves_images_first(assistant) -> bool:
+    """Whether the model moves every message's pictures first (omniphi.templates), which makes the
+    shapes task's two part orders one prompt."""
+    config = getattr(getattr(assistant, "model", None), "config", None)
+    return getattr(config, "media_placement", None) == "images_first"
+
+
 def _question_content(item: Item, image, condition: str, audio, transcript: str | None) -> list[dict]:
     media: list[dict] = [{"type": "image", "image": image}] if image is not None else []
     if condition == "text":
@@ -200,6 +207,10 @@ def evaluate(
     started = time.perf_counter()
     if items is None:
         items = task.load(path, options)
+    if any(item.image_last for item in items) and _serves_images_first(assistant):
+        notes.append("image_order: the model is served pictures first (media_placement images_first), so both "
+                     "groups get the same prompt and differ only in their questions; --media-placement as_given "
+                     "compares the part orders")
     if task.kind == "perplexity":
         per_item, metrics, skipped = _run_perplexity(assistant, items[0], limit, window, stride, progress)
         breakdown: dict = {"text": {}}

@@ -215,6 +215,22 @@ def test_shapes_asks_half_the_questions_with_the_picture_after_the_text(shapes_d
     assert 0 < sum(last) < len(last)
     assert [["text", "image"] if x else ["image", "text"] for x in last] == assistant.calls
     assert set(results["breakdown"]["text"]["image_order"]) == {"image first", "image last"}
+    assert results["notes"] == []
+
+
+def test_shapes_notes_that_a_model_served_pictures_first_sees_one_prompt_for_both_orders(shapes_dir):
+    """With media_placement images_first the image_order groups are two halves of the questions,
+    not two part orders: the results say so rather than report a part-order gap that is not one."""
+    from types import SimpleNamespace
+
+    from omniphi.eval.tasks import LoadOptions, load_shapes_task
+
+    answers = {i.question: "no answer" for i in load_shapes_task(shapes_dir, LoadOptions())}
+    for placement, noted in (("images_first", True), ("as_given", False)):
+        assistant = ScriptedAssistant(answers)
+        assistant.model = SimpleNamespace(config=SimpleNamespace(media_placement=placement))
+        notes = run(assistant, "shapes", shapes_dir)["notes"]
+        assert any(n.startswith("image_order: the model is served pictures first") for n in notes) == noted, notes
 
 
 def test_qa_follow_ups_carry_their_history(tmp_path):
