@@ -4,7 +4,9 @@
 #     text, by speech into the LLM (native) and by Whisper's transcript (transcribe), side by side;
 #     half the questions put the picture after the text (the "image_order" groups); the table also
 #     has the WER of Whisper's transcripts of the spoken questions (question_wer). The model is served
-#     pictures first (its media_placement), so the groups measure the serving; shapes-test-as-given.json
+#     pictures first (its media_placement), so both groups get one prompt and differ only in their
+#     questions; shapes-test-picture-last.json asks every question with the picture after the text
+#     (OpenAI's documented order), to compare on the same questions, and shapes-test-as-given.json
 #     measures the model itself with the parts in the order sent (typed questions)
 #   - espeak-ng voices: a fresh split (seed 7, never trained or tuned on) spoken by espeak-ng only,
 #     the voices Whisper mishears most: the native path must hold up where the transcript does
@@ -34,6 +36,8 @@ mkdir -p "$OUT"
 set -x
 $OMNIPHI eval --model "$MODEL" --task shapes --data "$DATA" --split test --ask-by text,native,transcribe \
   --batch-size 16 --no-progress --out "$OUT/shapes-test.json"
+$OMNIPHI eval --model "$MODEL" --task shapes --data "$DATA" --split test --ask-by text,native,transcribe \
+  --image-order last --batch-size 16 --no-progress --out "$OUT/shapes-test-picture-last.json"
 $OMNIPHI eval --model "$MODEL" --task shapes --data "$DATA" --split test --ask-by text --media-placement as_given \
   --batch-size 16 --no-progress --out "$OUT/shapes-test-as-given.json"
 [ -f "$ESPEAK/metadata.json" ] || $OMNIPHI data shapes --out "$ESPEAK" --n 200 --seed 7 --val-frac 0 --test-frac 0.75 --tts espeak-ng

@@ -3,6 +3,7 @@
     omniphi eval --model PRESET|DIR --task TASK --data PATH [--limit N] [--batch-size B]
                  [--out results.json] [--audio-mode native|transcribe]
                  [--ask-by text|native|transcribe[,...]] [--images DIR] [--split S]
+                 [--image-order mixed|first|last]
                  [--max-new-tokens N] [--window N --stride N] [--no-progress]
 
 `omniphi/cli.py` creates the ``eval`` parser, fills it with ``add_eval_arguments(parser)`` and
@@ -33,7 +34,7 @@ def _ask_by(text: str) -> list[str]:
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    from omniphi.eval.tasks import TASKS
+    from omniphi.eval.tasks import IMAGE_ORDERS, TASKS
 
     names = sorted(TASKS)
     parser.description = "Evaluate a model on a benchmark; prints a Markdown table, --out saves every answer as JSON."
@@ -59,6 +60,9 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
                              "comma-separated or repeated for a side-by-side table (default: text)")
     parser.add_argument("--images", type=Path, help="image folder, when not where the benchmark's layout puts it")
     parser.add_argument("--split", help="scienceqa, shapes: which split (default test)")
+    parser.add_argument("--image-order", choices=IMAGE_ORDERS, default="mixed",
+                        help="shapes: the picture after the question in a fixed half of the questions (mixed, "
+                             "reported as the image_order groups), or before (first) or after (last) it in all")
     parser.add_argument("--max-new-tokens", type=positive_int, help="answer length limit (default: per task)")
     parser.add_argument("--window", type=positive_int, help="perplexity: tokens per window (default min(context, 1024))")
     parser.add_argument("--stride", type=positive_int, help="perplexity: tokens between window starts (default window/2)")
@@ -80,7 +84,7 @@ def run_eval(args) -> int:
 
     try:
         task = get_task(args.task)
-        check_options(task, args.ask_by, args.audio_mode)
+        check_options(task, args.ask_by, args.audio_mode, args.image_order)
         if args.out is not None and args.out.is_dir():
             raise EvalError(f"--out is a directory: {args.out}")
         if args.out is not None and not args.out.parent.exists():
@@ -89,13 +93,15 @@ def run_eval(args) -> int:
             raise EvalError(f"--images is not a folder: {args.images}")
         path = check_data_path(args.data)
         # Data first: a typo in a JSON file should not cost a model load.
-        items = task.load(path, LoadOptions(images=args.images, split=args.split, limit=args.limit))
+        items = task.load(path, LoadOptions(images=args.images, split=args.split, limit=args.limit,
+                                            image_order=args.image_order))
 
         assistant = load_assistant(args)
         results = evaluate(
             assistant, task, path, limit=args.limit, batch_size=args.batch_size, ask_by=args.ask_by,
             audio_mode=args.audio_mode, max_new_tokens=args.max_new_tokens, images=args.images, split=args.split,
-            window=args.window, stride=args.stride, progress=not args.no_progress, items=items,
+            window=args.window, stride=args.stride, image_order=args.image_order, progress=not args.no_progress,
+            items=items,
         )
     except (FileNotFoundError, NotADirectoryError) as exc:
         return _error(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc))

@@ -106,8 +106,11 @@ def _media_error(exc: BaseException) -> str:
 # --------------------------------------------------------------------------- conditions
 
 
-def check_options(task: Task, ask_by: Sequence[str] | None, audio_mode: str | None) -> None:
+def check_options(task: Task, ask_by: Sequence[str] | None, audio_mode: str | None,
+                  image_order: str = "mixed") -> None:
     """Option combinations that make no sense for the task (checked before a model loads)."""
+    if image_order != "mixed" and task.name != "shapes":
+        raise EvalError(f"--image-order applies to --task shapes, not {task.name}")
     if audio_mode not in (None, "native", "transcribe"):
         raise EvalError(f"--audio-mode must be native or transcribe, not {audio_mode}")
     if task.kind == "qa":
@@ -123,9 +126,10 @@ def check_options(task: Task, ask_by: Sequence[str] | None, audio_mode: str | No
         raise EvalError(f"--audio-mode does not apply to {task.name}")
 
 
-def conditions_for(task: Task, assistant, ask_by: Sequence[str] | None, audio_mode: str | None) -> tuple[list[str], list[str]]:
+def conditions_for(task: Task, assistant, ask_by: Sequence[str] | None, audio_mode: str | None,
+                   image_order: str = "mixed") -> tuple[list[str], list[str]]:
     """The conditions to run and notes about ones left out."""
-    check_options(task, ask_by, audio_mode)
+    check_options(task, ask_by, audio_mode, image_order)
     name = getattr(assistant, "name", type(assistant).__name__)
     if task.kind == "qa":
         chosen = list(dict.fromkeys(ask_by or task.default_ask_by))
@@ -190,6 +194,7 @@ def evaluate(
     split: str | None = None,
     window: int | None = None,
     stride: int | None = None,
+    image_order: str = "mixed",
     speaker=None,
     progress: bool = True,
     items: list[Item] | None = None,
@@ -202,15 +207,16 @@ def evaluate(
     if limit is not None and limit < 1:
         raise EvalError("--limit must be at least 1")
     path = check_data_path(data)
-    conditions, notes = conditions_for(task, assistant, ask_by, audio_mode)
-    options = LoadOptions(images=Path(images) if images else None, split=split, limit=limit)
+    conditions, notes = conditions_for(task, assistant, ask_by, audio_mode, image_order)
+    options = LoadOptions(images=Path(images) if images else None, split=split, limit=limit, image_order=image_order)
     started = time.perf_counter()
     if items is None:
         items = task.load(path, options)
-    if any(item.image_last for item in items) and _serves_images_first(assistant):
+    both_orders = len({item.image_last for item in items if item.image is not None}) == 2
+    if both_orders and _serves_images_first(assistant):
         notes.append("image_order: the model is served pictures first (media_placement images_first), so both "
-                     "groups get the same prompt and differ only in their questions; --media-placement as_given "
-                     "compares the part orders")
+                     "groups get the same prompt and differ only in their questions (--image-order first and last "
+                     "ask every question each way; --media-placement as_given shows the model itself)")
     if task.kind == "perplexity":
         per_item, metrics, skipped = _run_perplexity(assistant, items[0], limit, window, stride, progress)
         breakdown: dict = {"text": {}}
@@ -230,6 +236,7 @@ def evaluate(
             "limit": limit, "batch_size": batch_size, "ask_by": list(ask_by) if ask_by else None,
             "audio_mode": audio_mode, "max_new_tokens": None if task.kind == "perplexity" else (max_new_tokens or task.max_new_tokens),
             "images": str(images) if images else None, "split": split, "window": window, "stride": stride,
+            "image_order": image_order,
             "greedy": True, "batched": _can_batch(assistant),
         },
         "headline": list(task.headline),

@@ -60,6 +60,7 @@ class LoadOptions:
     images: Path | None = None  # overrides where a benchmark's images are looked for
     split: str | None = None
     limit: int | None = None
+    image_order: str = "mixed"  # shapes: IMAGE_ORDERS
 
 
 @dataclass
@@ -506,18 +507,27 @@ def load_text(path: Path, options: LoadOptions) -> list[Item]:
 # --------------------------------------------------------------------------- shapes
 
 
-def _image_last(item_id: str) -> bool:
-    """Half the shapes questions put the picture after the question (a fixed half: a hash of the
-    id), so one run measures both part orders (the "image_order" groups)."""
+# Where the shapes task puts the picture: "mixed" after the question in a fixed half of the questions
+# (a hash of the id), so one run reports both orders as the "image_order" groups; "first" or "last"
+# in every question, so two runs compare the orders on the same questions.
+IMAGE_ORDERS = ("mixed", "first", "last")
+
+
+def _image_last(item_id: str, order: str = "mixed") -> bool:
     import hashlib
 
+    if order not in IMAGE_ORDERS:
+        raise EvalError(f"--image-order must be one of {', '.join(IMAGE_ORDERS)}, not {order!r}")
+    if order != "mixed":
+        return order == "last"
     return hashlib.sha256(f"image-order:{item_id}".encode()).digest()[0] % 2 == 1
 
 
 def load_shapes_task(path: Path, options: LoadOptions) -> list[Item]:
     """--data: a folder written by `omniphi data shapes`; --split defaults to test. Spoken
     questions come from <split>_spoken.json where it exists (else they are synthesised). Half the
-    questions are asked with the picture after the text (grouped as "image_order")."""
+    questions are asked with the picture after the text (grouped as "image_order"), or all of them
+    with it first or last (`options.image_order`)."""
     from omniphi.data.llava import DataFileError
     from omniphi.data.shapes import load_shapes
 
@@ -540,7 +550,7 @@ def load_shapes_task(path: Path, options: LoadOptions) -> list[Item]:
     items = []
     for i in range(len(dataset) if not options.limit else min(options.limit, len(dataset))):
         r = dataset.record(i)
-        last = _image_last(str(r["id"]))
+        last = _image_last(str(r["id"]), options.image_order)
         items.append(Item(
             id=str(r["id"]), references=[r["answer"]], question=r["question"],
             image=dataset.image_folder / r["image"], audio=audio.get(str(r["id"])), image_last=last,

@@ -218,6 +218,24 @@ def test_shapes_asks_half_the_questions_with_the_picture_after_the_text(shapes_d
     assert results["notes"] == []
 
 
+@pytest.mark.parametrize("order", ["first", "last"])
+def test_shapes_image_order_puts_every_picture_on_one_side_of_the_question(shapes_dir, order):
+    from omniphi.eval.tasks import LoadOptions, load_shapes_task
+
+    items = load_shapes_task(shapes_dir, LoadOptions(image_order=order))
+    assistant = ScriptedAssistant({i.question: "no answer" for i in items})
+    results = run(assistant, "shapes", shapes_dir, image_order=order)
+    expected = ["text", "image"] if order == "last" else ["image", "text"]
+    assert assistant.calls == [expected] * len(items)
+    assert list(results["breakdown"]["text"]["image_order"]) == [f"image {order}"]
+    assert results["settings"]["image_order"] == order
+
+
+def test_image_order_is_refused_outside_the_shapes_task():
+    with pytest.raises(EvalError, match="--image-order applies to --task shapes"):
+        run(ScriptedAssistant(VQA_ANSWERS), "vqav2", EVAL / "vqav2", image_order="last")
+
+
 def test_shapes_notes_that_a_model_served_pictures_first_sees_one_prompt_for_both_orders(shapes_dir):
     """With media_placement images_first the image_order groups are two halves of the questions,
     not two part orders: the results say so rather than report a part-order gap that is not one."""
