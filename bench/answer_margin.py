@@ -1,5 +1,5 @@
-"""How firmly models hold a greedy answer: for one question (rendered by each model's chat template,
-its default system prompt included), the log-probability of each candidate answer's first token and
+"""How firmly models hold a greedy answer: for one question (encoded as the model is served it, its
+chat template's default system prompt included), the log-probability of each candidate answer's first token and
 of the whole answer. Greedy decoding follows the first token alone, so an answer whose first token
 wins by a few tenths of a nat can flip between two builds of the same recipe even when the whole
 answer stays far likelier than the text that replaces it.
@@ -20,13 +20,12 @@ from omniphi.runtime.assistant import Assistant
 
 
 def answer_logprobs(assistant: Assistant, question: str, answers: list[str]) -> dict[str, dict[str, float]]:
-    tokenizer = assistant.processor.tokenizer
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
-                                           add_generation_prompt=True)
-    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    processor = assistant.processor
+    prompt_ids = processor.encode([{"role": "user", "content": question}], add_generation_prompt=True,
+                                  with_labels=False).input_ids.tolist()
     result = {}
     for answer in answers:
-        answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
+        answer_ids = processor.tokenizer(answer, add_special_tokens=False)["input_ids"]
         # token_logprobs gives log p(token j | tokens before j) for j >= 1: the answer's start at len(prompt) - 1
         logprobs = assistant.token_logprobs(prompt_ids + answer_ids)[len(prompt_ids) - 1:]
         result[answer] = {"first_token": round(logprobs[0].item(), 3), "whole": round(logprobs.sum().item(), 3)}

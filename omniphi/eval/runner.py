@@ -212,7 +212,7 @@ def evaluate(
     started = time.perf_counter()
     if items is None:
         items = task.load(path, options)
-    both_orders = len({item.image_last for item in items if item.image is not None}) == 2
+    both_orders = len({item.image_last for item in items}) == 2
     if both_orders and _serves_images_first(assistant):
         notes.append("image_order: the model is served pictures first (media_placement images_first), so both "
                      "groups get the same prompt and differ only in their questions (--image-order first and last "

@@ -513,11 +513,9 @@ def load_text(path: Path, options: LoadOptions) -> list[Item]:
 IMAGE_ORDERS = ("mixed", "first", "last")
 
 
-def _image_last(item_id: str, order: str = "mixed") -> bool:
+def _image_last(item_id: str, order: str) -> bool:
     import hashlib
 
-    if order not in IMAGE_ORDERS:
-        raise EvalError(f"--image-order must be one of {', '.join(IMAGE_ORDERS)}, not {order!r}")
     if order != "mixed":
         return order == "last"
     return hashlib.sha256(f"image-order:{item_id}".encode()).digest()[0] % 2 == 1
@@ -532,6 +530,8 @@ def load_shapes_task(path: Path, options: LoadOptions) -> list[Item]:
     from omniphi.data.shapes import load_shapes
 
     split = options.split or "test"
+    if options.image_order not in IMAGE_ORDERS:
+        raise EvalError(f"--image-order must be one of {', '.join(IMAGE_ORDERS)}, not {options.image_order!r}")
     if not (path / "metadata.json").is_file():
         raise EvalError(f"{path} is not a shapes dataset (no metadata.json); write one with `omniphi data shapes`")
     try:

@@ -231,9 +231,11 @@ def test_shapes_image_order_puts_every_picture_on_one_side_of_the_question(shape
     assert results["settings"]["image_order"] == order
 
 
-def test_image_order_is_refused_outside_the_shapes_task():
+def test_image_order_is_refused_outside_the_shapes_task_and_when_unknown(shapes_dir):
     with pytest.raises(EvalError, match="--image-order applies to --task shapes"):
         run(ScriptedAssistant(VQA_ANSWERS), "vqav2", EVAL / "vqav2", image_order="last")
+    with pytest.raises(EvalError, match="--image-order must be one of mixed, first, last"):
+        run(ScriptedAssistant({}), "shapes", shapes_dir, image_order="sideways")
 
 
 def test_shapes_notes_that_a_model_served_pictures_first_sees_one_prompt_for_both_orders(shapes_dir):
