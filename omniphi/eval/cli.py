@@ -3,7 +3,7 @@
     omniphi eval --model PRESET|DIR --task TASK --data PATH [--limit N] [--batch-size B]
                  [--out results.json] [--audio-mode native|transcribe]
                  [--ask-by text|native|transcribe[,...]] [--images DIR] [--split S]
-                 [--image-order mixed|first|last]
+                 [--image-order mixed|first|last] [--system TEXT]
                  [--max-new-tokens N] [--window N --stride N] [--no-progress]
 
 `omniphi/cli.py` creates the ``eval`` parser, fills it with ``add_eval_arguments(parser)`` and
@@ -63,6 +63,9 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     parser.add_argument("--image-order", choices=IMAGE_ORDERS, default="mixed",
                         help="shapes: the picture after the question in a fixed half of the questions (mixed, "
                              "reported as the image_order groups), or before (first) or after (last) it in all")
+    parser.add_argument("--system", metavar="TEXT",
+                        help="question tasks: a system prompt before every question (default: none, as the CLI "
+                             "and the API ask; the web page's conversations start with the server's system prompt)")
     parser.add_argument("--max-new-tokens", type=positive_int, help="answer length limit (default: per task)")
     parser.add_argument("--window", type=positive_int, help="perplexity: tokens per window (default min(context, 1024))")
     parser.add_argument("--stride", type=positive_int, help="perplexity: tokens between window starts (default window/2)")
@@ -84,7 +87,7 @@ def run_eval(args) -> int:
 
     try:
         task = get_task(args.task)
-        check_options(task, args.ask_by, args.audio_mode, args.image_order)
+        check_options(task, args.ask_by, args.audio_mode, args.image_order, args.system)
         if args.out is not None and args.out.is_dir():
             raise EvalError(f"--out is a directory: {args.out}")
         if args.out is not None and not args.out.parent.exists():
@@ -100,7 +103,8 @@ def run_eval(args) -> int:
         results = evaluate(
             assistant, task, path, limit=args.limit, batch_size=args.batch_size, ask_by=args.ask_by,
             audio_mode=args.audio_mode, max_new_tokens=args.max_new_tokens, images=args.images, split=args.split,
-            window=args.window, stride=args.stride, image_order=args.image_order, progress=not args.no_progress,
+            window=args.window, stride=args.stride, image_order=args.image_order, system=args.system,
+            progress=not args.no_progress,
             items=items,
         )
     except (FileNotFoundError, NotADirectoryError) as exc:

@@ -107,10 +107,14 @@ def _media_error(exc: BaseException) -> str:
 
 
 def check_options(task: Task, ask_by: Sequence[str] | None, audio_mode: str | None,
-                  image_order: str = "mixed") -> None:
+                  image_order: str = "mixed", system: str | None = None) -> None:
     """Option combinations that make no sense for the task (checked before a model loads)."""
     if image_order != "mixed" and task.name != "shapes":
         raise EvalError(f"--image-order applies to --task shapes, not {task.name}")
+    if system is not None and task.kind != "qa":
+        raise EvalError(f"--system applies to question tasks, not {task.name}")
+    if system is not None and not system.strip():
+        raise EvalError("--system is empty; leave it out to ask with no system prompt")
     if audio_mode not in (None, "native", "transcribe"):
         raise EvalError(f"--audio-mode must be native or transcribe, not {audio_mode}")
     if task.kind == "qa":
@@ -127,9 +131,9 @@ def check_options(task: Task, ask_by: Sequence[str] | None, audio_mode: str | No
 
 
 def conditions_for(task: Task, assistant, ask_by: Sequence[str] | None, audio_mode: str | None,
-                   image_order: str = "mixed") -> tuple[list[str], list[str]]:
+                   image_order: str = "mixed", system: str | None = None) -> tuple[list[str], list[str]]:
     """The conditions to run and notes about ones left out."""
-    check_options(task, ask_by, audio_mode, image_order)
+    check_options(task, ask_by, audio_mode, image_order, system)
     name = getattr(assistant, "name", type(assistant).__name__)
     if task.kind == "qa":
         chosen = list(dict.fromkeys(ask_by or task.default_ask_by))
@@ -195,19 +199,22 @@ def evaluate(
     window: int | None = None,
     stride: int | None = None,
     image_order: str = "mixed",
+    system: str | None = None,
     speaker=None,
     progress: bool = True,
     items: list[Item] | None = None,
 ) -> dict[str, Any]:
     """Evaluate and return the results (JSON-ready; see docs/eval.md for the shape). ``items``:
-    already loaded with ``task.load`` (the CLI loads the data before the model, to fail fast)."""
+    already loaded with ``task.load`` (the CLI loads the data before the model, to fail fast).
+    ``system``: a system prompt before every question (question tasks); None asks with none, as
+    the CLI and the API do by default."""
     task = get_task(task) if isinstance(task, str) else task
     if batch_size < 1:
         raise EvalError("--batch-size must be at least 1")
     if limit is not None and limit < 1:
         raise EvalError("--limit must be at least 1")
     path = check_data_path(data)
-    conditions, notes = conditions_for(task, assistant, ask_by, audio_mode, image_order)
+    conditions, notes = conditions_for(task, assistant, ask_by, audio_mode, image_order, system)
     options = LoadOptions(images=Path(images) if images else None, split=split, limit=limit, image_order=image_order)
     started = time.perf_counter()
     if items is None:
@@ -222,7 +229,8 @@ def evaluate(
         breakdown: dict = {"text": {}}
     else:
         max_new = max_new_tokens or task.max_new_tokens
-        per_item, skipped = _run_generation(assistant, task, items, conditions, batch_size, max_new, speaker, progress)
+        per_item, skipped = _run_generation(assistant, task, items, conditions, batch_size, max_new, speaker, progress,
+                                            system)
         metrics, breakdown = _aggregate(task, items, per_item, conditions, skipped)
     results = {
         "omniphi_eval": RESULTS_VERSION,
@@ -236,7 +244,7 @@ def evaluate(
             "limit": limit, "batch_size": batch_size, "ask_by": list(ask_by) if ask_by else None,
             "audio_mode": audio_mode, "max_new_tokens": None if task.kind == "perplexity" else (max_new_tokens or task.max_new_tokens),
             "images": str(images) if images else None, "split": split, "window": window, "stride": stride,
-            "image_order": image_order,
+            "image_order": image_order, "system": system,
             "greedy": True, "batched": _can_batch(assistant),
         },
         "headline": list(task.headline),
@@ -268,8 +276,10 @@ def _item_record(item: Item) -> dict[str, Any]:
 
 
 def _run_generation(assistant, task: Task, items: list[Item], conditions: list[str], batch_size: int,
-                    max_new_tokens: int, speaker, progress: bool) -> tuple[list[dict], list[dict]]:
+                    max_new_tokens: int, speaker, progress: bool,
+                    system: str | None = None) -> tuple[list[dict], list[dict]]:
     media = _Media(speaker)
+    preamble = [{"role": "system", "content": system}] if system is not None else []
     records = [_item_record(item) for item in items]
     skipped: list[dict] = []
     # Questions asked by speech (ASR's "native" condition is a recording to transcribe, not a question).
@@ -313,7 +323,7 @@ def _run_generation(assistant, task: Task, items: list[Item], conditions: list[s
                             content = [{"type": "audio", "audio": audios[i]}, {"type": "text", "text": items[i].after}]
                         else:
                             content = _question_content(items[i], images[i], condition, audios.get(i), transcripts.get(i))
-                        conversations.append([*items[i].history, {"role": "user", "content": content}])
+                        conversations.append([*preamble, *items[i].history, {"role": "user", "content": content}])
                     answers = generate_answers(assistant, conversations, max_new_tokens)
                 for i, answer in zip(indices, answers):
                     if "skipped" in records[i]:

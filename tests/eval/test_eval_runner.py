@@ -271,3 +271,34 @@ def test_qa_follow_ups_carry_their_history(tmp_path):
     data.write_text('{"question": "And of Germany?", "answers": ["Berlin"], "history": ["France?"]}\n')
     with pytest.raises(EvalError, match="history"):
         run(Remembering({}), "qa", data)
+
+
+def test_system_prompt_comes_before_every_question_and_its_history(tmp_path):
+    data = tmp_path / "questions.jsonl"
+    data.write_text('{"question": "What is the capital of France?", "answers": ["Paris"]}\n'
+                    '{"question": "And of Germany?", "answers": ["Berlin"], '
+                    '"history": [["What is the capital of Spain?", "The capital of Spain is Madrid."]]}\n')
+    seen = []
+
+    class Remembering(ScriptedAssistant):
+        def complete(self, messages, settings, audio_mode="native"):
+            seen.append([(m["role"], m["content"] if isinstance(m["content"], str) else "parts") for m in messages])
+            return FakeReply("Paris.")
+
+    results = run(Remembering({}), "qa", data, system="Answer clearly.")
+    assert seen == [[("system", "Answer clearly."), ("user", "parts")],
+                    [("system", "Answer clearly."), ("user", "What is the capital of Spain?"),
+                     ("assistant", "The capital of Spain is Madrid."), ("user", "parts")]]
+    assert results["settings"]["system"] == "Answer clearly."
+    seen.clear()
+    assert run(Remembering({}), "qa", data)["settings"]["system"] is None
+    assert [turns[0][0] for turns in seen] == ["user", "user"]
+
+
+def test_system_prompt_is_refused_outside_question_tasks_and_when_empty(tmp_path):
+    data = tmp_path / "questions.jsonl"
+    data.write_text('{"question": "What is the capital of France?", "answers": ["Paris"]}\n')
+    with pytest.raises(EvalError, match="--system applies to question tasks"):
+        run(ScriptedAssistant({}), "perplexity", EVAL / "perplexity" / "lighthouse.txt", system="Be brief.")
+    with pytest.raises(EvalError, match="--system is empty"):
+        run(ScriptedAssistant({}), "qa", data, system="  ")
