@@ -14,7 +14,8 @@
 #     accuracy is the share answered with the honest sentence
 #   - forgetting: perplexity of docs/eval/general-text.txt, trained starter vs untrained starter-base,
 #     general questions typed and spoken (docs/eval/general-qa.jsonl, tests/fixtures/eval/qa) and
-#     follow-ups that need the previous turn (docs/eval/follow-ups.jsonl), both models
+#     follow-ups that need the previous turn (docs/eval/follow-ups.jsonl), both models, asked with no
+#     system prompt (as the CLI and the API ask) and with the web page's (the *-page.json files)
 # The model is the build `make starter` wrote (runs/starter/weights), or $STARTER_MODEL (e.g. `starter`, the
 # committed weights). Results (JSON with every answer) go to runs/starter/eval/.
 set -euo pipefail
@@ -48,9 +49,14 @@ $OMNIPHI eval --model "$MODEL" --task qa --data "$DATA/outside_test.jsonl" --bat
 $OMNIPHI eval --model "$MODEL" --task perplexity --data docs/eval/general-text.txt --no-progress --out "$OUT/ppl-model.json"
 $OMNIPHI eval --model starter-base --task perplexity --data docs/eval/general-text.txt --no-progress --out "$OUT/ppl-base.json"
 $OMNIPHI eval --model "$MODEL" --task qa --data tests/fixtures/eval/qa/questions.jsonl --no-progress --out "$OUT/qa.json"
+PAGE_SYSTEM=$(.venv/bin/python -c "from omniphi.serve.state import ServeConfig; print(ServeConfig().system_prompt)")
 for EVALUATED in "$MODEL" starter-base; do
   NAME=$([ "$EVALUATED" = starter-base ] && echo base || echo model)
   $OMNIPHI eval --model "$EVALUATED" --task qa --data docs/eval/general-qa.jsonl --ask-by text,native,transcribe \
     --no-progress --out "$OUT/general-$NAME.json"
   $OMNIPHI eval --model "$EVALUATED" --task qa --data docs/eval/follow-ups.jsonl --no-progress --out "$OUT/follow-ups-$NAME.json"
+  $OMNIPHI eval --model "$EVALUATED" --task qa --data docs/eval/general-qa.jsonl --ask-by text,native,transcribe \
+    --system "$PAGE_SYSTEM" --no-progress --out "$OUT/general-$NAME-page.json"
+  $OMNIPHI eval --model "$EVALUATED" --task qa --data docs/eval/follow-ups.jsonl --system "$PAGE_SYSTEM" --no-progress \
+    --out "$OUT/follow-ups-$NAME-page.json"
 done

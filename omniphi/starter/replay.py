@@ -11,8 +11,8 @@ data does not pull elsewhere. recipes/starter-instruct.yaml also distils these f
 (omniphi/train/distill.py): at each of their tokens the LoRA is pulled toward the base's whole
 next-token distribution, not only toward the token it sampled.
 
-Two files, both read by the recipe like any other data. Their size is the mix: 40 answers and 24
-texts are about a quarter of recipes/starter-instruct.yaml's trained tokens (a first try with 80
+Two files, both read by the recipe like any other data. Their size is the mix: the answers and 24
+texts are a small part of recipes/starter-instruct.yaml's trained tokens (a first try with 80
 answers and 240 texts made replay two thirds of them and starved the shapes answers of loss):
 
 * ``chat.json`` (LLaVA format, no media): the base model's greedy answers to general questions
@@ -70,6 +70,41 @@ GENERAL_QUESTIONS = (
     "Translate 'thank you' into French.",
     "What is a prime number?",
     "Is a tomato a fruit or a vegetable?",
+    # Short everyday facts, most answered by the base in one sentence that restates the question
+    # ("The capital of Kenya is Nairobi."): without them the LoRA's shapes answers ("Red.") drew the
+    # first word of such answers away from the base's; none is a question of docs/eval.
+    "What is the capital of Kenya?",
+    "What is the capital of Greece?",
+    "What is the capital of Norway?",
+    "What is the capital of Peru?",
+    "What is the capital of India?",
+    "What is the capital of Mexico?",
+    "What is the capital of Ireland?",
+    "What is the capital of Argentina?",
+    "How many legs does a horse have?",
+    "How many legs does an insect have?",
+    "How many legs does a chicken have?",
+    "How many months are there in a year?",
+    "How many seconds are there in a minute?",
+    "How many players are on a football team?",
+    "What colour is a lemon?",
+    "What colour are most carrots?",
+    "What colour is coal?",
+    "What is the opposite of big?",
+    "What is the opposite of left?",
+    "What is five plus three?",
+    "What is ten minus four?",
+    "Which animal barks?",
+    "What sound does a cat make?",
+    "What do caterpillars turn into?",
+    "Which star is closest to the Earth?",
+    "What is the hottest planet in the solar system?",
+    "What is the largest country in the world?",
+    "What is the currency of Japan?",
+    "Who invented the light bulb?",
+    "What do we call a baby dog?",
+    "Where do penguins live?",
+    "What instrument has black and white keys?",
 )
 
 TEXT_OPENINGS = (
