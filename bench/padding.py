@@ -21,8 +21,8 @@ import torch
 
 def padded_tokens(lengths: list[int], order: list[int], batch_size: int) -> int:
     """Tokens the batches of `order` hold once each is padded to its longest sample."""
-    return sum(max(lengths[k] for k in order[i:i + batch_size]) * len(order[i:i + batch_size])
-               for i in range(0, len(order), batch_size))
+    batches = (order[i:i + batch_size] for i in range(0, len(order), batch_size))
+    return sum(max(lengths[k] for k in batch) * len(batch) for batch in batches)
 
 
 def main() -> None:

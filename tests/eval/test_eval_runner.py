@@ -253,24 +253,31 @@ def test_shapes_notes_that_a_model_served_pictures_first_sees_one_prompt_for_bot
         assert any(n.startswith("image_order: the model is served pictures first") for n in notes) == noted, notes
 
 
+class ConversationRecorder(ScriptedAssistant):
+    """Answers every conversation with `reply` and records its messages as (role, text or "parts")."""
+
+    def __init__(self, reply: str):
+        super().__init__({})
+        self.reply = reply
+        self.seen = []
+
+    def complete(self, messages, settings, audio_mode="native"):
+        self.seen.append([(m["role"], m["content"] if isinstance(m["content"], str) else "parts") for m in messages])
+        return FakeReply(self.reply)
+
+
 def test_qa_follow_ups_carry_their_history(tmp_path):
     data = tmp_path / "followups.jsonl"
     data.write_text('{"question": "And of Germany?", "answers": ["Berlin"], '
                     '"history": [["What is the capital of France?", "The capital of France is Paris."]]}\n')
-    seen = []
-
-    class Remembering(ScriptedAssistant):
-        def complete(self, messages, settings, audio_mode="native"):
-            seen.append([(m["role"], m["content"] if isinstance(m["content"], str) else "parts") for m in messages])
-            return FakeReply("The capital of Germany is Berlin.")
-
-    results = run(Remembering({}), "qa", data)
-    assert seen == [[("user", "What is the capital of France?"), ("assistant", "The capital of France is Paris."),
-                     ("user", "parts")]]
+    assistant = ConversationRecorder("The capital of Germany is Berlin.")
+    results = run(assistant, "qa", data)
+    assert assistant.seen == [[("user", "What is the capital of France?"),
+                               ("assistant", "The capital of France is Paris."), ("user", "parts")]]
     assert results["metrics"]["text"]["accuracy"] == 100.0
     data.write_text('{"question": "And of Germany?", "answers": ["Berlin"], "history": ["France?"]}\n')
     with pytest.raises(EvalError, match="history"):
-        run(Remembering({}), "qa", data)
+        run(ConversationRecorder("Berlin."), "qa", data)
 
 
 def test_system_prompt_comes_before_every_question_and_its_history(tmp_path):
@@ -278,21 +285,15 @@ def test_system_prompt_comes_before_every_question_and_its_history(tmp_path):
     data.write_text('{"question": "What is the capital of France?", "answers": ["Paris"]}\n'
                     '{"question": "And of Germany?", "answers": ["Berlin"], '
                     '"history": [["What is the capital of Spain?", "The capital of Spain is Madrid."]]}\n')
-    seen = []
-
-    class Remembering(ScriptedAssistant):
-        def complete(self, messages, settings, audio_mode="native"):
-            seen.append([(m["role"], m["content"] if isinstance(m["content"], str) else "parts") for m in messages])
-            return FakeReply("Paris.")
-
-    results = run(Remembering({}), "qa", data, system="Answer clearly.")
-    assert seen == [[("system", "Answer clearly."), ("user", "parts")],
-                    [("system", "Answer clearly."), ("user", "What is the capital of Spain?"),
-                     ("assistant", "The capital of Spain is Madrid."), ("user", "parts")]]
+    assistant = ConversationRecorder("Paris.")
+    results = run(assistant, "qa", data, system="Answer clearly.")
+    assert assistant.seen == [[("system", "Answer clearly."), ("user", "parts")],
+                              [("system", "Answer clearly."), ("user", "What is the capital of Spain?"),
+                               ("assistant", "The capital of Spain is Madrid."), ("user", "parts")]]
     assert results["settings"]["system"] == "Answer clearly."
-    seen.clear()
-    assert run(Remembering({}), "qa", data)["settings"]["system"] is None
-    assert [turns[0][0] for turns in seen] == ["user", "user"]
+    without = ConversationRecorder("Paris.")
+    assert run(without, "qa", data)["settings"]["system"] is None
+    assert [turns[0][0] for turns in without.seen] == ["user", "user"]
 
 
 def test_system_prompt_is_refused_outside_question_tasks_and_when_empty(tmp_path):
