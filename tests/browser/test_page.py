@@ -508,6 +508,34 @@ def test_regenerate_and_edit(page: Page, server: Server, shot):
     assert_no_page_errors(page)
 
 
+def test_edit_box_keeps_a_selection_made_before_the_next_frame(page: Page, server: Server):
+    """On a slow machine the user (or Playwright's fill) can select the old text before the
+    browser paints the next frame; opening the edit box must not move the caret after that,
+    or the new text is appended to the old instead of replacing it."""
+    open_app(page, server)
+    send(page, "Old question")
+    wait_for_answer(page)
+    user = page.get_by_test_id("message-user").first
+    user.hover()
+    # Hold every animation frame until the selection is made, as a loaded machine would.
+    page.evaluate("""() => {
+        window.__heldFrames = [];
+        window.__realRaf = window.requestAnimationFrame;
+        window.requestAnimationFrame = (cb) => { window.__heldFrames.push(cb); return 0; };
+    }""")
+    user.get_by_test_id("edit-message").click()
+    edit = user.get_by_test_id("edit-input")
+    expect(edit).to_have_value("Old question")
+    edit.select_text()
+    page.evaluate("""() => {
+        window.requestAnimationFrame = window.__realRaf;
+        for (const cb of window.__heldFrames.splice(0)) cb(performance.now());
+    }""")
+    page.keyboard.insert_text("New question")
+    expect(edit).to_have_value("New question")
+    assert_no_page_errors(page)
+
+
 def test_settings_are_sent_and_kept(page: Page, server: Server, shot):
     open_app(page, server)
     defaults = server.api("GET", "api/settings/defaults")

@@ -962,7 +962,11 @@ function startEdit(msg) {
   node.classList.add("editing");
   const grow = () => { ta.style.height = "auto"; ta.style.height = `${Math.min(ta.scrollHeight, 360)}px`; };
   ta.addEventListener("input", grow);
-  requestAnimationFrame(() => { grow(); ta.focus(); ta.setSelectionRange(ta.value.length, ta.value.length); });
+  // Synchronously, not in a later frame: a deferred caret move would collapse a selection the
+  // user (or a test's fill) made in the meantime and the new text would be appended to the old.
+  grow();
+  ta.focus();
+  ta.setSelectionRange(ta.value.length, ta.value.length);
   const close = () => { box.remove(); if (bubble) bubble.hidden = false; actions.hidden = false; node.classList.remove("editing"); };
   cancel.addEventListener("click", close);
   ta.addEventListener("keydown", (e) => {
