@@ -60,7 +60,10 @@ def run_train(args) -> int:
         return 0
     from omniphi.train.run import run_training
 
-    result = run_training(recipe, resume=resume)
+    try:
+        result = run_training(recipe, resume=resume)
+    finally:
+        leave_process_group()
     # The audio_words stage runs its own loop in one process (no Trainer, no plots).
     if result.trainer is None or result.trainer.args.process_index == 0:
         if result.complete:
@@ -70,6 +73,17 @@ def run_train(args) -> int:
         else:
             print(f"stopped at step {result.global_step}/{result.max_steps}; continue with --resume")
     return 0
+
+
+def leave_process_group() -> None:
+    """Under torchrun, destroy the process group before the interpreter exits. Left to
+    interpreter teardown, gloo's worker threads can abort the process ('terminate called without
+    an active exception', SIGABRT) after training has finished, and torchrun then reports the
+    whole run as failed. Without a process group (one process) this does nothing."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def add_merge_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

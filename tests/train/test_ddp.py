@@ -1,7 +1,10 @@
 """torchrun with 2 CPU processes (gloo): DDP trains, and only rank 0 writes."""
 
 import socket
+from types import SimpleNamespace
 
+import pytest
+import torch.distributed as dist
 import yaml
 
 from tests.train.conftest import make_recipe, read_log, run_module
@@ -31,3 +34,33 @@ def test_torchrun_two_processes(tmp_path, shapes):
     assert abs(steps[-1]["epoch"] - 3 * 4 / 36) < 1e-3  # single-process would be 3 * 2 / 36
     assert (out / "omniphi_trained.json").is_file() and (out / "checkpoint-2" / "trainer_state.json").is_file()
     assert not list(out.glob("**/*.tmp*"))
+
+
+@pytest.mark.parametrize("outcome", ["finished", "failed"])
+def test_train_leaves_the_process_group_before_exiting(tmp_path, monkeypatch, outcome):
+    """A rank that exits with its gloo group alive can abort in interpreter teardown (SIGABRT,
+    'terminate called without an active exception') after training finished, and torchrun then
+    fails the run: `omniphi train` destroys the group itself, whether training ended or raised."""
+    from omniphi.train import cli, run
+
+    def fake_training(recipe, resume=None):
+        assert dist.is_initialized()  # the group is there while training
+        if outcome == "failed":
+            raise RuntimeError("training failed")
+        return SimpleNamespace(trainer=None, complete=False, global_step=0, max_steps=1, output_dir=tmp_path)
+
+    monkeypatch.setattr(run, "run_training", fake_training)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(make_recipe("instruct", tmp_path / "out", [{"format": "llava", "path": "unread.json"}])))
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        args = SimpleNamespace(recipe=str(recipe), overrides=[])
+        if outcome == "failed":
+            with pytest.raises(RuntimeError, match="training failed"):
+                cli.run_train(args)
+        else:
+            assert cli.run_train(args) == 0
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
