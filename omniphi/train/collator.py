@@ -159,8 +159,14 @@ def _audio_estimate(path: str, default: int) -> int:
 
 class LengthGroupedSampler(torch.utils.data.Sampler):
     """Like transformers' LengthGroupedSampler (shuffle, cut into mega-batches of 50 batches, sort
-    each by length, longest batch first so an out-of-memory shows at once), but the permutation comes
-    from (seed, epoch) rather than the global RNG: a resumed run skips into the same order."""
+    each by length, longest batch first so an out-of-memory shows at once), with two differences:
+
+    - The batches are shuffled after grouping. transformers' sampler yields each mega-batch longest
+      to shortest, so every 50 steps training sweeps from the long texts down to the one-word answers
+      and ends each sweep on one kind of sample; the starter's instruct step trained that way lost
+      its honest answer to pictures outside the shapes world.
+    - The permutations come from (seed, epoch) rather than the global RNG: a resumed run skips into
+      the same order."""
 
     def __init__(self, lengths: list[int], batch_size: int, seed: int, mega_batch_mult: int = 50):
         self.lengths = lengths
@@ -180,6 +186,7 @@ class LengthGroupedSampler(torch.utils.data.Sampler):
         order = torch.randperm(len(self.lengths), generator=generator).tolist()
         groups = [sorted(order[i : i + self.mega], key=lambda k: -self.lengths[k]) for i in range(0, len(order), self.mega)]
         batches = [g[i : i + self.batch_size] for g in groups for i in range(0, len(g), self.batch_size)]
+        batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
         if batches:
             longest = max(range(len(batches)), key=lambda b: max(self.lengths[k] for k in batches[b]))
             batches[0], batches[longest] = batches[longest], batches[0]

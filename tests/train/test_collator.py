@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader
@@ -104,6 +105,17 @@ def test_length_grouped_sampler_is_seeded_per_epoch_and_groups():
     random_order = torch.randperm(200, generator=torch.Generator().manual_seed(0)).tolist()
     assert padded(first) < 0.8 * padded(random_order)
     assert max(lengths[i] for i in first[:4]) == max(lengths)  # the longest batch first: OOM shows at once
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_length_grouped_batches_are_not_swept_longest_to_shortest(seed):
+    # Sorted mega-batches would hand out long batches, then ever shorter ones, every few steps; the
+    # batches are shuffled so each stretch of training mixes lengths (only the first is pinned).
+    lengths = np.random.default_rng(seed).integers(5, 500, size=1000).tolist()
+    order = list(LengthGroupedSampler(lengths, batch_size=4, seed=seed, mega_batch_mult=5))
+    longest_per_batch = [max(lengths[i] for i in order[k:k + 4]) for k in range(4, 1000, 4)]
+    falls = sum(a > b for a, b in zip(longest_per_batch, longest_per_batch[1:]))
+    assert falls / (len(longest_per_batch) - 1) < 0.65  # sorted mega-batches fall ~80 % of the time
 
 
 def test_length_estimates_follow_the_data(shapes, text_corpus, tiny):
