@@ -59,11 +59,11 @@ def ask(assistant, question: dict, by: str, picture_first: bool = True) -> str:
     return assistant.complete([{"role": "user", "content": content}], GREEDY, audio_mode=mode).text
 
 
-# Measured on these 24 questions when the weights were committed: 23 right typed, 22 spoken into the
+# Measured on these 24 questions when the weights were committed: 24 right typed, 22 spoken into the
 # LLM (native), 21 transcribed by Whisper, with either part order (see the README for the whole test
 # split). The floors leave two answers of margin for arithmetic differences between machines; the
 # untrained starter gets none.
-@pytest.mark.parametrize("by, at_least", [("text", 21 / 24), ("native", 20 / 24), ("transcribe", 19 / 24)])
+@pytest.mark.parametrize("by, at_least", [("text", 22 / 24), ("native", 20 / 24), ("transcribe", 19 / 24)])
 def test_held_out_shapes_questions(starter_assistant, by, at_least):
     questions = FIXTURE["questions"]
     answers = [ask(starter_assistant, q, by) for q in questions]
