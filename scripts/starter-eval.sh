@@ -13,7 +13,8 @@
 #   - pictures outside the shapes world: held-out photos and drawings (outside_test.jsonl); the
 #     accuracy is the share answered with the honest sentence
 #   - forgetting: perplexity of docs/eval/general-text.txt, trained starter vs untrained starter-base,
-#     general questions typed and spoken (docs/eval/general-qa.jsonl, tests/fixtures/eval/qa) and
+#     general questions typed and spoken (docs/eval/general-qa.jsonl; general-qa-fresh.jsonl, 24
+#     more written after the builds were tuned; tests/fixtures/eval/qa) and
 #     follow-ups that need the previous turn (docs/eval/follow-ups.jsonl), both models, asked with no
 #     system prompt (as the CLI and the API ask) and with the web page's (the *-page.json files)
 # The model is the build `make starter` wrote (runs/starter/weights), or $STARTER_MODEL (e.g. `starter`, the
@@ -54,6 +55,8 @@ for EVALUATED in "$MODEL" starter-base; do
   NAME=$([ "$EVALUATED" = starter-base ] && echo base || echo model)
   $OMNIPHI eval --model "$EVALUATED" --task qa --data docs/eval/general-qa.jsonl --ask-by text,native,transcribe \
     --no-progress --out "$OUT/general-$NAME.json"
+  $OMNIPHI eval --model "$EVALUATED" --task qa --data docs/eval/general-qa-fresh.jsonl --ask-by text,native,transcribe \
+    --no-progress --out "$OUT/general-fresh-$NAME.json"
   $OMNIPHI eval --model "$EVALUATED" --task qa --data docs/eval/follow-ups.jsonl --no-progress --out "$OUT/follow-ups-$NAME.json"
   $OMNIPHI eval --model "$EVALUATED" --task qa --data docs/eval/general-qa.jsonl --ask-by text,native,transcribe \
     --system "$PAGE_SYSTEM" --no-progress --out "$OUT/general-$NAME-page.json"
