@@ -24,26 +24,30 @@ import torch
 
 from omniphi.data.tts import make_speaker
 from omniphi.eval.metrics import corpus_wer
-from omniphi.runtime.loading import load_weights
-from omniphi.train.audio_words import WordTable, greedy_decode, whisper_frames
+from omniphi.runtime.loading import LoadedModel, load_weights
+from omniphi.train.audio_words import WordTable, read_clips, whisper_frames
+from omniphi.train.recipe import AudioWordsSection
 
 
-def readings(model_spec: str, questions: list[str], seed: int) -> tuple[list[str], list[str] | None]:
+def load_reader(model_spec: str) -> LoadedModel:
+    """The model, refused in one line when it has no native audio path to read."""
+    loaded = load_weights(model_spec)
+    if getattr(loaded.model, "audio_projector", None) is None:
+        raise SystemExit(f"{model_spec} has no audio projector: it has no native audio path")
+    return loaded
+
+
+@torch.no_grad()
+def readings(loaded: LoadedModel, questions: list[str], seed: int) -> tuple[list[str], list[str] | None]:
     """(the projector's reading of each spoken question, Whisper's transcript of the same clip or
     None when the model has no speech recogniser)."""
-    loaded = load_weights(model_spec)
     model, tokenizer = loaded.model, loaded.processor.tokenizer
-    if getattr(model, "audio_projector", None) is None:
-        raise SystemExit(f"{model_spec} has no audio projector: it has no native audio path")
-    table = WordTable(model.language_model)
-    (blank,) = tokenizer(" ", add_special_tokens=False)["input_ids"]
+    (blank,) = tokenizer(AudioWordsSection.blank, add_special_tokens=False)["input_ids"]  # the stage's blank
     speaker = make_speaker(seed=seed)
     clips = [speaker.speak(question, key=f"{seed}:{question}") for question in questions]
-    out = []
-    with torch.no_grad():
-        for frames in whisper_frames(model, loaded.processor, clips, torch.device("cpu")):
-            cosines = table.cosines(model.audio_projector(frames[None]))[0]
-            out.append(tokenizer.decode(greedy_decode(cosines, len(frames), blank)).strip())
+    frames = whisper_frames(model, loaded.processor, clips, torch.device("cpu"))
+    out = [tokenizer.decode(said).strip()
+           for _, said in read_clips(model.audio_projector, WordTable(model.language_model), frames, blank)]
     transcripts = None if loaded.transcriber is None else [loaded.transcriber.transcribe(clip) for clip in clips]
     return out, transcripts
 
@@ -56,11 +60,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="draws each question's voice")
     parser.add_argument("--limit", type=int, default=None, help="the first N questions of each file")
     args = parser.parse_args()
+    loaded = load_reader(args.model)
     for path in args.files:
         with open(path, encoding="utf-8") as f:
             rows = [json.loads(line) for line in f if line.strip()]
         questions = [row["question"] if "question" in row else row["text"] for row in rows][: args.limit]
-        read, transcripts = readings(args.model, questions, args.seed)
+        read, transcripts = readings(loaded, questions, args.seed)
         for question, reading in zip(questions, read):
             print(f"{question}  →  {reading}")
         summary = {"file": path, "questions": len(questions), "wer": round(corpus_wer(zip(questions, read)), 4)}

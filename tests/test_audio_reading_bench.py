@@ -25,7 +25,7 @@ class _Writes(torch.nn.Module):
 
 
 @needs_tts
-def test_reading_is_the_words_whose_embeddings_the_projector_writes(monkeypatch):
+def test_reading_is_the_words_whose_embeddings_the_projector_writes():
     import bench.audio_reading as reading
     from omniphi.runtime.loading import load_weights
 
@@ -34,8 +34,7 @@ def test_reading_is_the_words_whose_embeddings_the_projector_writes(monkeypatch)
     (blank,) = tokenizer(" ", add_special_tokens=False)["input_ids"]
     ids = tokenizer("red circle", add_special_tokens=False)["input_ids"]
     loaded.model.audio_projector = _Writes(loaded.model.language_model.get_input_embeddings().weight.detach(), ids, blank)
-    monkeypatch.setattr(reading, "load_weights", lambda spec: loaded)
-    read, transcripts = reading.readings("tiny", ["Where is the big red circle in this picture?"], seed=0)
+    read, transcripts = reading.readings(loaded, ["Where is the big red circle in this picture?"], seed=0)
     assert read == [tokenizer.decode(ids).strip()]
     assert transcripts is None or len(transcripts) == 1
 
@@ -48,4 +47,4 @@ def test_a_model_without_an_audio_projector_is_refused(monkeypatch):
     loaded.model.audio_projector = None
     monkeypatch.setattr(reading, "load_weights", lambda spec: loaded)
     with pytest.raises(SystemExit, match="no native audio path"):
-        reading.readings("tiny", ["What colour is the circle?"], seed=0)
+        reading.load_reader("tiny")

@@ -144,24 +144,29 @@ def greedy_decode(cos: torch.Tensor, length: int, blank: int) -> list[int]:
 
 
 @torch.no_grad()
+def read_clips(projector, table: WordTable, frames, blank: int, batch_size: int = 64):
+    """For each clip's frames, in order: (its real tokens' cosines to the whole table [T, V] on the
+    CPU, the token ids they spell: each token read as its nearest word, the CTC best path)."""
+    device = table.unit.device
+    for start in range(0, len(frames), batch_size):
+        stacked, lengths = _padded(frames[start:start + batch_size])
+        cos = table.cosines(projector(stacked.to(device))).cpu()
+        for i, length in enumerate(lengths.tolist()):
+            yield cos[i, :length], greedy_decode(cos[i], length, blank)
+
+
 def spelling_accuracy(projector, table: WordTable, frames, targets, blank: int, batch_size: int = 64) -> dict[str, float]:
     """Validation: "exact" the share of clips whose audio tokens, read as their nearest words,
     spell the transcript exactly; "tokens" 1 − token edit distance / transcript tokens; "cosine"
     the mean cosine of each token to the nearest of its own words or the blank."""
     exact, errors, total, cosine_sum, n_tokens = 0, 0, 0, 0.0, 0
-    device = table.unit.device
-    for start in range(0, len(frames), batch_size):
-        chunk, wanted = frames[start:start + batch_size], targets[start:start + batch_size]
-        stacked, lengths = _padded(chunk)
-        cos = table.cosines(projector(stacked.to(device))).cpu()
-        for i, target in enumerate(wanted):
-            said = greedy_decode(cos[i], int(lengths[i]), blank)
-            exact += said == target
-            errors += word_errors(target, said)
-            total += len(target)
-            own = torch.tensor(sorted({*target, blank}))
-            cosine_sum += float(cos[i, : int(lengths[i])][:, own].max(-1).values.sum())
-            n_tokens += int(lengths[i])
+    for target, (cos, said) in zip(targets, read_clips(projector, table, frames, blank, batch_size)):
+        exact += said == target
+        errors += word_errors(target, said)
+        total += len(target)
+        own = torch.tensor(sorted({*target, blank}))
+        cosine_sum += float(cos[:, own].max(-1).values.sum())
+        n_tokens += len(cos)
     return {"exact": exact / len(frames), "tokens": 1 - errors / total, "cosine": cosine_sum / n_tokens}
 
 

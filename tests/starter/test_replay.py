@@ -15,8 +15,8 @@ REPO = Path(__file__).resolve().parents[2]
 def test_replay_questions_are_none_of_the_evals_questions():
     """Replay trains the starter on these; the general-question and follow-up evals must stay unseen."""
     asked = set()
-    for path in ("tests/fixtures/eval/qa/questions.jsonl", "docs/eval/general-qa.jsonl", "docs/eval/general-qa-fresh.jsonl", "docs/eval/follow-ups.jsonl"):
-        for line in (REPO / path).read_text().splitlines():
+    for path in [REPO / "tests/fixtures/eval/qa/questions.jsonl", *sorted((REPO / "docs/eval").glob("*.jsonl"))]:
+        for line in path.read_text().splitlines():
             if line.strip():
                 record = json.loads(line)
                 asked |= {record["question"].lower()} | {q.lower() for q, _ in record.get("history", [])}
