@@ -115,4 +115,24 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     parser = add_train_arguments(OneLineParser(prog="python -m omniphi.train"))
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    return run_reporting_errors("omniphi train", run_train, args)
+    code = run_reporting_errors("omniphi train", run_train, args)
+    from omniphi.train.run import world_size
+
+    if world_size() > 1:
+        exit_without_teardown(code)
+    return code
+
+
+def exit_without_teardown(code: int) -> None:
+    """End a torchrun rank now, skipping interpreter teardown. Destroying the process group
+    (`leave_process_group`) is not enough: DDP's reducer and the Trainer still hold the gloo group,
+    whose threads are then destroyed in C++ static teardown, and a rank can still abort there
+    ('terminate called without an active exception', SIGABRT) after a finished run, which torchrun
+    reports as a failed job. Every output is written and closed by now; only buffers need flushing."""
+    import logging
+    import os
+
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -64,3 +64,30 @@ def test_train_leaves_the_process_group_before_exiting(tmp_path, monkeypatch, ou
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("code", [0, 1])
+def test_a_torchrun_rank_ends_without_interpreter_teardown(monkeypatch, code):
+    """Even with its group destroyed, a rank left to interpreter teardown could abort after training
+    (DDP still holds the gloo group): under torchrun `python -m omniphi.train` ends through
+    os._exit with the run's own status, its output flushed; one process returns as usual."""
+    from omniphi.train import cli
+
+    ended = []
+
+    class Ended(Exception):
+        pass
+
+    def fake_exit(status):
+        ended.append(status)
+        raise Ended
+
+    monkeypatch.setattr(cli, "run_train", lambda args: code)
+    monkeypatch.setattr("os._exit", fake_exit)
+    monkeypatch.setattr("logging.shutdown", lambda: ended.append("logs flushed"))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(Ended):
+        cli.main(["recipe.yaml"])
+    assert ended == ["logs flushed", code]
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert cli.main(["recipe.yaml"]) == code and ended == ["logs flushed", code]
