@@ -28,10 +28,11 @@ class _Writes(torch.nn.Module):
 def test_reading_is_the_words_whose_embeddings_the_projector_writes():
     import bench.audio_reading as reading
     from omniphi.runtime.loading import load_weights
+    from omniphi.train.recipe import AudioWordsSection
 
     loaded = load_weights("tiny")
     tokenizer = loaded.processor.tokenizer
-    (blank,) = tokenizer(" ", add_special_tokens=False)["input_ids"]
+    (blank,) = tokenizer(AudioWordsSection.blank, add_special_tokens=False)["input_ids"]
     ids = tokenizer("red circle", add_special_tokens=False)["input_ids"]
     loaded.model.audio_projector = _Writes(loaded.model.language_model.get_input_embeddings().weight.detach(), ids, blank)
     read, transcripts = reading.readings(loaded, ["Where is the big red circle in this picture?"], seed=0)
